@@ -1,0 +1,103 @@
+"""One thin wrapper over orbax's `CheckpointManager`.
+
+A checkpoint holds two items: `state` (the whole train state: parameters, BatchNorm
+statistics, optimiser state, step; the step is also the data position and the RNG
+position, since both are derived from the seed and the step) and `meta`, a small JSON
+record of what produced it (the model config), so that a workdir holding another model's
+checkpoints is refused with a clear message instead of an opaque shape error.
+
+Orbax writes each step into a temporary directory and renames it when complete, and
+removes old steps only after a newer one is finalised, so a crash mid-save never costs
+the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+  """No checkpoint in a directory that has them could be restored."""
+
+
+class Checkpointer:
+  """Periodic, asynchronous saves of (state, meta) under `directory`, keeping the last N."""
+
+  def __init__(self, directory: str, *, every_steps: int, keep: int, meta: dict[str, Any]):
+    self.directory = str(directory)
+    self.every_steps = every_steps
+    self.meta = meta
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, save_interval_steps=every_steps, create=True,
+        enable_async_checkpointing=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=("state", "meta"))
+
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, *, force: bool = False) -> bool:
+    """Saves if `step` is on the interval (or `force`); returns whether it saved."""
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              meta=ocp.args.JsonSave(self.meta))
+    return self._manager.save(step, args=args, force=force)
+
+  def restore_latest(self, abstract_state: Any) -> tuple[int, Any] | None:
+    """Restores the newest readable checkpoint into the shardings of `abstract_state`.
+
+    Returns None when the directory holds no checkpoint. A checkpoint that cannot be
+    read is skipped for the one before it, with a warning; if none can be read, raises
+    `CheckpointError` naming the directory rather than silently starting afresh.
+    """
+    steps = self.steps()
+    if not steps:
+      return None
+    for step in reversed(steps):
+      try:
+        meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+      except Exception as e:  # noqa: BLE001  orbax raises many kinds for a damaged step.
+        logging.warning("checkpoint %d in %s is unreadable (%s); trying the previous one",
+                        step, self.directory, _short(e))
+        continue
+      self._check_same_model(meta["meta"])
+      try:
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+      except Exception as e:  # noqa: BLE001
+        logging.warning("checkpoint %d in %s is unreadable (%s); trying the previous one",
+                        step, self.directory, _short(e))
+        continue
+      logging.info("restored checkpoint %d from %s", step, self.directory)
+      return step, restored["state"]
+    raise CheckpointError(f"none of the checkpoints {steps} in {self.directory} could be read; "
+                          "move the directory away to start afresh")
+
+  def _check_same_model(self, saved: dict[str, Any]) -> None:
+    mine = self.meta.get("model")
+    theirs = saved.get("model")
+    if mine is not None and theirs is not None and mine != theirs:
+      diff = {k: (theirs.get(k), mine.get(k)) for k in set(mine) | set(theirs)
+              if mine.get(k) != theirs.get(k)}
+      raise CheckpointError(
+          f"{self.directory} holds checkpoints of a different model "
+          f"(field: (saved, configured) = {diff}); use another workdir")
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def abstract(tree: Any) -> Any:
+  """Shapes, dtypes and shardings of `tree`: the target that restore fills in."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def _short(e: Exception) -> str:
+  text = f"{type(e).__name__}: {e}"
+  return text.splitlines()[0][:200]

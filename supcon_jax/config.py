@@ -1,0 +1,158 @@
+"""The default config every recipe in `configs/` starts from, and its validation.
+
+A recipe is a file with `get_config()` that calls `base_config()` and changes what its
+experiment needs; `validate()` runs before anything is built, so a bad value fails in
+one line naming the field instead of deep inside a jitted step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+METHODS = ("supcon", "simclr", "ce")
+STAGES = ("all", "pretrain", "linear")
+SOURCES = ("tfds", "folder", "arrays")
+POLICIES = ("simaugment", "randaugment", "autoaugment", "cropflip", "none")
+DEPTHS = (18, 34, 50, 101, 152, 200)
+STEMS = ("cifar", "imagenet")
+HEADS = ("mlp", "linear")
+OPTIMIZERS = ("lars", "sgd", "rmsprop", "adamw")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.method = "supcon"  # supcon | simclr (labels unused) | ce (cross-entropy baseline)
+  c.stage = "all"  # all | pretrain | linear (linear evaluation of a saved pre-training)
+  c.pretrain_workdir = ""  # stage=linear: take the encoder from here ("" = this workdir)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "arrays"  # tfds | folder | arrays
+  c.data.name = "digits"  # TFDS name, or a built-in in-memory dataset (digits)
+  c.data.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir (gs:// ok)
+  c.data.train_split = "train"
+  c.data.eval_split = "test"
+  c.data.train_dir = ""  # folder source: one sub-folder per class
+  c.data.eval_dir = ""  # folder source: "" = hold out val_per_class images of train_dir
+  c.data.val_per_class = 0  # held out from the training data for validation (0 = use eval split)
+  c.data.split_seed = 0  # the seed that chooses the held-out images; fixed so all runs agree
+  c.data.bad_images = "fail"  # folder source: fail | skip unreadable images
+  c.data.image_size = 32  # training and evaluation size (square)
+  c.data.num_classes = 10
+  c.data.mean = (0.4914, 0.4822, 0.4465)  # per channel, pixels / 255
+  c.data.std = (0.2470, 0.2435, 0.2616)
+  c.data.host_crop_scale = (0.08, 1.0)  # tfds/folder with resize: random-resized crop on the host
+  c.data.host_resize = False  # crop+resize on the host (ImageNet: images differ in size)
+  c.data.shuffle_buffer = 10_000
+  c.data.prefetch = 2
+  c.data.in_memory = False  # tfds/folder: decode once, then serve from device memory (CIFAR-size)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.depth = 18
+  c.model.width = 1.0  # channel multiplier
+  c.model.stem = "cifar"  # cifar: 3x3 stride 1, no max-pool | imagenet: 7x7 stride 2 + max-pool
+  c.model.head = "mlp"  # mlp: Dense(d)-ReLU-Dense(proj_dim) | linear: Dense(proj_dim)
+  c.model.proj_dim = 128
+  c.model.zero_init_residual = False
+  c.model.dtype = "float32"  # computation dtype; bfloat16 on GPU/TPU. Parameters stay float32.
+
+  c.augment = ml_collections.ConfigDict()
+  c.augment.policy = "simaugment"  # simaugment | randaugment | autoaugment | cropflip | none
+  c.augment.n_views = 2
+  c.augment.crop_scale = (0.2, 1.0)  # random-resized crop area range
+  c.augment.jitter = 0.4  # brightness/contrast/saturation strength (hue is jitter / 4)
+  c.augment.jitter_prob = 0.8
+  c.augment.grayscale_prob = 0.2
+  c.augment.blur_prob = 0.0  # SimCLR ImageNet uses 0.5
+  c.augment.ra_num_ops = 2
+  c.augment.ra_magnitude = 9
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.temperature = 0.1
+  c.loss.base_temperature = ml_collections.config_dict.placeholder(float)
+  c.loss.variant = "out"  # out: L_out (the paper's) | in: L_in
+  c.loss.contrast_mode = "all"
+  c.loss.block_size = ml_collections.config_dict.placeholder(int)  # anchor rows per block
+  c.loss.label_smoothing = 0.0  # ce only
+
+  c.batch_size = 256  # global, over all devices and hosts
+  c.epochs = 100
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "lars"
+  c.optim.base_lr = 0.3  # learning rate = base_lr * batch_size / 256
+  c.optim.warmup_epochs = 10.0
+  c.optim.momentum = 0.9
+  c.optim.weight_decay = 1e-6
+  c.optim.nesterov = False
+  c.optim.trust_coefficient = 0.001
+
+  c.linear = ml_collections.ConfigDict()  # linear evaluation on the frozen representation
+  c.linear.epochs = 10
+  c.linear.batch_size = 256
+  c.linear.augment = "cropflip"  # cropflip | none
+  c.linear.crop_scale = (0.2, 1.0)
+  c.linear.optim = ml_collections.ConfigDict()
+  c.linear.optim.name = "sgd"
+  c.linear.optim.base_lr = 0.1
+  c.linear.optim.warmup_epochs = 0.0
+  c.linear.optim.momentum = 0.9
+  c.linear.optim.weight_decay = 0.0
+  c.linear.optim.nesterov = False
+  c.linear.optim.trust_coefficient = 0.001
+
+  c.knn = ml_collections.ConfigDict()  # cosine kNN monitor on r during pre-training
+  c.knn.every_epochs = 0  # 0 = off
+  c.knn.k = 20
+  c.knn.temperature = 0.1
+  c.knn.num_train = 5_000  # training images in the memory bank
+
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 1_000
+  c.keep_checkpoints = 3
+  c.skip_nonfinite = False  # True: skip steps with a non-finite loss/gradient and count them
+  c.embedding_plot = True  # results: PNG of the learned embedding (t-SNE or PCA)
+  return c
+
+
+def _one_of(name: str, value: Any, valid: tuple) -> None:
+  if value not in valid:
+    raise ValueError(f"config.{name}={value!r} is not one of {', '.join(map(str, valid))}")
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Fails fast, naming the field, on values that would otherwise fail late or silently."""
+  for method in c.method.split(","):
+    _one_of("method", method.strip(), METHODS)
+  _one_of("stage", c.stage, STAGES)
+  _one_of("data.source", c.data.source, SOURCES)
+  _one_of("augment.policy", c.augment.policy, POLICIES)
+  _one_of("linear.augment", c.linear.augment, ("cropflip", "none"))
+  _one_of("model.depth", c.model.depth, DEPTHS)
+  _one_of("model.stem", c.model.stem, STEMS)
+  _one_of("model.head", c.model.head, HEADS)
+  _one_of("model.dtype", c.model.dtype, ("float32", "bfloat16", "float16"))
+  _one_of("loss.variant", c.loss.variant, ("out", "in"))
+  _one_of("loss.contrast_mode", c.loss.contrast_mode, ("all", "one"))
+  _one_of("optim.name", c.optim.name, OPTIMIZERS)
+  _one_of("linear.optim.name", c.linear.optim.name, OPTIMIZERS)
+  positive = {"loss.temperature": c.loss.temperature, "batch_size": c.batch_size,
+              "linear.batch_size": c.linear.batch_size, "epochs": c.epochs,
+              "data.image_size": c.data.image_size, "data.num_classes": c.data.num_classes,
+              "model.width": c.model.width, "log_every_steps": c.log_every_steps,
+              "checkpoint_every_steps": c.checkpoint_every_steps,
+              "keep_checkpoints": c.keep_checkpoints}
+  for name, value in positive.items():
+    if not value > 0:
+      raise ValueError(f"config.{name}={value!r} must be > 0")
+  if c.augment.n_views < 1:
+    raise ValueError(f"config.augment.n_views={c.augment.n_views} must be >= 1")
+  if c.loss.base_temperature is not None and not c.loss.base_temperature > 0:
+    raise ValueError(f"config.loss.base_temperature={c.loss.base_temperature!r} must be > 0")
+  min_size = 32 if c.model.stem == "imagenet" else 8
+  if c.data.image_size < min_size:
+    raise ValueError(f"config.data.image_size={c.data.image_size} is too small for the "
+                     f"{c.model.stem} stem (at least {min_size})")
+  if c.data.source == "folder" and not c.data.train_dir:
+    raise ValueError("config.data.source='folder' needs config.data.train_dir")

@@ -1,0 +1,132 @@
+"""In-memory datasets held whole on every device; batches are gathered there.
+
+No host input pipeline at all: the dataset is replicated on every device and each step is a
+jitted gather `images[perm[k*B:(k+1)*B]]` whose output is sharded over `data`. The epoch's
+permutation comes from `fold_in(key(seed), epoch)`, so any step's batch is a pure function
+of (seed, step) and a resumed run continues the same stream. Never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from supcon_jax import sharding
+from supcon_jax.data.base import Source, check_labels, check_num_classes, stratified_holdout
+
+DIGITS_EVAL_PER_CLASS = 36  # digits: ~20% of its ~180 images per class held out for eval
+
+
+def _permutation(key, epoch, *, n):
+  return jax.random.permutation(jax.random.fold_in(key, epoch), n)
+
+
+def _train_batch(images, labels, perm, start, *, size):
+  idx = jax.lax.dynamic_slice_in_dim(perm, start, size)
+  return {"image": images[idx], "label": labels[idx]}
+
+
+def _eval_batch(images, labels, start, limit, *, size):
+  idx = start + jnp.arange(size)
+  real = idx < limit
+  idx = jnp.where(real, idx, 0)
+  return {"image": images[idx], "label": jnp.where(real, labels[idx], 0),
+          "mask": real.astype(jnp.float32)}
+
+
+class ArraySource(Source):
+  """uint8 images [N,H,W,C] and int32 labels [N] resident on the devices of `mesh`."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray, *, num_classes: int,
+               global_batch: int, mesh: jax.sharding.Mesh, seed: int, skipped: int = 0):
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4:
+      raise ValueError(f"images must be uint8 [N,H,W,C], got {images.dtype} {images.shape}")
+    labels = check_labels(labels, num_classes)
+    if len(labels) != len(images):
+      raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    sharding.check_batch_size(global_batch, mesh)
+    self.num_examples, self.num_classes = len(images), num_classes
+    self.image_shape = tuple(images.shape[1:])
+    self.global_batch, self.skipped = global_batch, skipped
+    self._mesh = mesh
+    replicated = sharding.replicated(mesh)
+    self._images = jax.device_put(images, replicated)
+    self._labels = jax.device_put(labels, replicated)
+    self._key = jax.device_put(jax.random.key(seed), replicated)
+    self._permute = jax.jit(functools.partial(_permutation, n=self.num_examples),
+                            out_shardings=replicated)
+    self._compiled = {}
+
+  @classmethod
+  def from_arrays(cls, images: np.ndarray, labels: np.ndarray, *, num_classes: int,
+                  global_batch: int, mesh: jax.sharding.Mesh, seed: int = 0) -> ArraySource:
+    """A source over your own NumPy arrays (uint8 [N,H,W,C] images, int labels [N])."""
+    return cls(images, labels, num_classes=num_classes, global_batch=global_batch,
+               mesh=mesh, seed=seed)
+
+  def _jit(self, fn, size: int):
+    if (fn, size) not in self._compiled:  # so each new pass reuses the compiled gather
+      self._compiled[fn, size] = jax.jit(functools.partial(fn, size=size),
+                                         out_shardings=sharding.batch_sharding(self._mesh))
+    return self._compiled[fn, size]
+
+  def train_batches(self, start_step: int = 0) -> Iterator[dict[str, jax.Array]]:
+    spe = self._check_steps()
+    gather = self._jit(_train_batch, self.global_batch)
+    step, epoch, perm = start_step, None, None
+    while True:
+      if step // spe != epoch:
+        epoch = step // spe
+        perm = self._permute(self._key, epoch)
+      yield gather(self._images, self._labels, perm, (step % spe) * self.global_batch)
+      step += 1
+
+  def eval_batches(self, batch_size: int | None = None,
+                   max_examples: int | None = None) -> Iterator[dict[str, jax.Array]]:
+    batch_size = batch_size or self.global_batch
+    sharding.check_batch_size(batch_size, self._mesh)
+    limit = self.num_examples if max_examples is None else min(max_examples, self.num_examples)
+    gather = self._jit(_eval_batch, batch_size)
+    for start in range(0, limit, batch_size):
+      yield gather(self._images, self._labels, start, limit)
+
+
+def load_digits(image_size: int, *, split: str, per_class: int = DIGITS_EVAL_PER_CLASS,
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """sklearn's 1797 8x8 digits as uint8 RGB [N, image_size, image_size, 3] and labels.
+
+  "eval" holds out `per_class` images of every class chosen by `seed` (stratified_holdout);
+  "train" is the rest.
+  """
+  from sklearn.datasets import load_digits as sklearn_digits  # pylint: disable=g-import-not-at-top
+  digits = sklearn_digits()
+  pixels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # values are 0..16
+  held = np.zeros(len(pixels), bool)
+  held[stratified_holdout(digits.target, per_class, seed, [str(d) for d in range(10)])] = True
+  keep = held if split == "eval" else ~held
+  resized = np.stack([np.asarray(Image.fromarray(p).resize((image_size, image_size),
+                                                          Image.BILINEAR))
+                      for p in pixels[keep]])
+  return np.repeat(resized[..., None], 3, axis=-1), digits.target[keep]
+
+
+def make_arrays_source(data_config, *, split: str, global_batch: int,
+                       mesh: jax.sharding.Mesh, seed: int) -> ArraySource:
+  if data_config.name != "digits":
+    raise ValueError(f"data.source='arrays' has one built-in dataset, 'digits'; got "
+                     f"data.name={data_config.name!r}. Use ArraySource.from_arrays for your "
+                     "own arrays, or data.source='tfds' with data.in_memory=True")
+  check_num_classes(10, data_config.num_classes, "digits")
+  per_class = data_config.val_per_class or DIGITS_EVAL_PER_CLASS
+  images, labels = load_digits(data_config.image_size, split=split, per_class=per_class,
+                               seed=data_config.split_seed)
+  logging.info("digits %s: %d images of %s", split, len(images), images.shape[1:])
+  return ArraySource(images, labels, num_classes=10, global_batch=global_batch, mesh=mesh,
+                     seed=seed)

@@ -1,0 +1,80 @@
+"""The interface every data source implements, and checks they share.
+
+A source yields global batches `dict(image=uint8 [B,H,W,C], label=int32 [B])` as jax.Arrays
+sharded over the `data` mesh axis. Evaluation batches also carry `mask` float32 [B]
+(1 for a real example, 0 for padding), so every batch has the same shape and compiles once.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import jax
+import numpy as np
+
+EVAL_CROP = 0.875  # host_resize evaluation: shorter side to image_size / 0.875, central crop
+
+
+class Source:
+  """A dataset split served as global, batch-sharded batches."""
+
+  num_examples: int
+  num_classes: int
+  image_shape: tuple[int, int, int]
+  global_batch: int
+  skipped: int = 0  # unreadable images skipped so far (folder source, bad_images="skip")
+
+  @property
+  def steps_per_epoch(self) -> int:
+    """Full batches per epoch; the remainder is dropped (a different one each epoch)."""
+    return self.num_examples // self.global_batch
+
+  def train_batches(self, start_step: int = 0) -> Iterator[dict[str, jax.Array]]:
+    """Infinite shuffled stream; batch k is the same whether started at 0 or at k."""
+    raise NotImplementedError
+
+  def eval_batches(self, batch_size: int | None = None,
+                   max_examples: int | None = None) -> Iterator[dict[str, jax.Array]]:
+    """One ordered pass without augmentation; the last batch is padded and masked."""
+    raise NotImplementedError
+
+  def _check_steps(self) -> int:
+    if self.steps_per_epoch == 0:
+      raise ValueError(f"the split has {self.num_examples} examples, fewer than one global "
+                       f"batch of {self.global_batch}; lower batch_size")
+    return self.steps_per_epoch
+
+
+def check_num_classes(found: int, configured: int, what: str) -> None:
+  if found != configured:
+    raise ValueError(f"data.num_classes={configured} but {what} has {found} classes")
+
+
+def check_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """Labels as int32, each in [0, num_classes)."""
+  labels = np.asarray(labels)
+  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"labels must be a 1-D integer array, got {labels.dtype} {labels.shape}")
+  bad = labels[(labels < 0) | (labels >= num_classes)]
+  if bad.size:
+    raise ValueError(f"label {bad[0]} is outside [0, {num_classes}) (num_classes={num_classes})")
+  return labels.astype(np.int32)
+
+
+def stratified_holdout(labels: Sequence[int], per_class: int, seed: int,
+                       class_names: Sequence[str]) -> np.ndarray:
+  """Sorted indices of `per_class` examples of every class, chosen by `seed`.
+
+  One RandomState(seed) permutes each class's members in turn (classes in index order,
+  members in their given order), so the choice depends only on the listing and the seed.
+  """
+  labels = np.asarray(labels)
+  rng = np.random.RandomState(seed)
+  held = []
+  for c, name in enumerate(class_names):
+    members = np.flatnonzero(labels == c)
+    if len(members) <= per_class:
+      raise ValueError(f"class {name!r} has {len(members)} examples; holding out "
+                       f"val_per_class={per_class} would leave none for training")
+    held.append(members[rng.permutation(len(members))[:per_class]])
+  return np.sort(np.concatenate(held))

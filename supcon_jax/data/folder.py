@@ -1,0 +1,180 @@
+"""Image folders laid out one sub-folder per class (torchvision ImageFolder layout).
+
+Classes are the sorted names of the sub-folders of the root; a class's images are the files
+under its folder (searched recursively) ending in .jpg .jpeg .png .bmp .gif, any case.
+Hidden files and folders (".name") are ignored, as are plain files in the root itself;
+any other file is an error. With data.eval_dir "" and data.val_per_class > 0, the
+evaluation split is val_per_class images per class of train_dir, chosen by
+`split_files(list_images(train_dir), val_per_class, split_seed)`; the rest train.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import logging
+import os
+
+import jax
+import numpy as np
+from PIL import Image
+
+from supcon_jax.data.arrays import ArraySource
+from supcon_jax.data.base import EVAL_CROP, Source, check_num_classes, stratified_holdout
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+@dataclasses.dataclass(frozen=True)
+class FileList:
+  """Image files (sorted by class, then path) with their class indices."""
+  root: str
+  paths: tuple[str, ...]
+  labels: tuple[int, ...]
+  classes: tuple[str, ...]
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def subset(self, indices: np.ndarray) -> FileList:
+    return FileList(self.root, tuple(self.paths[i] for i in indices),
+                    tuple(self.labels[i] for i in indices), self.classes)
+
+
+def _class_images(class_dir: str) -> list[str]:
+  found = []
+  for folder, dirs, names in os.walk(class_dir, followlinks=True):
+    dirs[:] = [d for d in dirs if not d.startswith(".")]
+    for name in names:
+      if name.startswith("."):
+        continue
+      path = os.path.join(folder, name)
+      if not name.lower().endswith(IMAGE_EXTENSIONS):
+        raise ValueError(f"{path} is not an image file (expected one of "
+                         f"{', '.join(IMAGE_EXTENSIONS)}); remove it or rename it")
+      found.append(path)
+  if not found:
+    raise ValueError(f"class folder {class_dir} contains no images")
+  return sorted(found)
+
+
+def list_images(root: str) -> FileList:
+  """Every image under `root`, one sub-folder per class; ValueError on a bad layout."""
+  if not os.path.isdir(root):
+    raise ValueError(f"image folder {root!r} does not exist or is not a directory")
+  classes = sorted(e.name for e in os.scandir(root)
+                   if e.is_dir() and not e.name.startswith("."))
+  if not classes:
+    raise ValueError(f"image folder {root} has no class sub-folders (expected root/<class>/*.jpg)")
+  paths, labels = [], []
+  for label, name in enumerate(classes):
+    found = _class_images(os.path.join(root, name))
+    paths += found
+    labels += [label] * len(found)
+  return FileList(root, tuple(paths), tuple(labels), tuple(classes))
+
+
+def split_files(files: FileList, val_per_class: int, seed: int) -> tuple[FileList, FileList]:
+  """(train, held-out): `val_per_class` files of every class held out, chosen by `seed`.
+
+  Deterministic: the sorted listing and one NumPy RandomState(seed) (see
+  base.stratified_holdout) decide it, so every run and every machine agrees.
+  """
+  held = stratified_holdout(files.labels, val_per_class, seed, files.classes)
+  rest = np.setdiff1d(np.arange(len(files)), held)
+  return files.subset(rest), files.subset(held)
+
+
+def write_split(path: str, files: FileList) -> None:
+  """Writes the files' paths relative to their root, one per line (e.g. the held-out split)."""
+  with open(path, "w") as f:
+    f.writelines(os.path.relpath(p, files.root) + "\n" for p in files.paths)
+
+
+def folder_files(data_config, split: str) -> FileList:
+  """The files of the "train" or "eval" split that data_config describes."""
+  train = list_images(data_config.train_dir)
+  if not data_config.eval_dir and data_config.val_per_class > 0:
+    rest, held = split_files(train, data_config.val_per_class, data_config.split_seed)
+    return rest if split == "train" else held
+  if split == "train":
+    return train
+  if not data_config.eval_dir:
+    raise ValueError("the folder source has no evaluation split: set data.eval_dir or "
+                     "data.val_per_class > 0")
+  evaluation = list_images(data_config.eval_dir)
+  if evaluation.classes != train.classes:
+    only_eval = sorted(set(evaluation.classes) - set(train.classes))
+    only_train = sorted(set(train.classes) - set(evaluation.classes))
+    raise ValueError(f"eval folder {data_config.eval_dir} has different classes from train "
+                     f"folder {data_config.train_dir}: only in eval {only_eval}, only in "
+                     f"train {only_train}")
+  return evaluation
+
+
+def _read(path: str, size: int, host_resize: bool) -> np.ndarray | Exception:
+  """uint8 [size, size, 3], or the exception that reading it raised."""
+  try:
+    with Image.open(path) as image:
+      image = image.convert("RGB")  # decodes fully, so truncated files fail here
+  except Exception as err:  # pylint: disable=broad-except  # PIL reports corrupt data many ways
+    return err
+  if host_resize:  # the evaluation transform: shorter side to size / 0.875, central crop
+    scale = round(size / EVAL_CROP) / min(image.size)
+    w, h = round(image.width * scale), round(image.height * scale)
+    left, top = (w - size) // 2, (h - size) // 2
+    image = image.resize((w, h), Image.BILINEAR).crop((left, top, left + size, top + size))
+  elif image.size != (size, size):
+    image = image.resize((size, size), Image.BILINEAR)
+  return np.asarray(image, np.uint8)
+
+
+def load_images(files: FileList, size: int, *, host_resize: bool = False,
+                bad_images: str = "fail") -> tuple[np.ndarray, np.ndarray, int]:
+  """Decodes every file once with PIL (threads): (images, labels, number skipped)."""
+  read = functools.partial(_read, size=size, host_resize=host_resize)
+  with concurrent.futures.ThreadPoolExecutor(min(32, 4 * (os.cpu_count() or 1))) as pool:
+    results = list(pool.map(read, files.paths))
+  images, labels, skipped = [], [], 0
+  for path, label, result in zip(files.paths, files.labels, results):
+    if isinstance(result, Exception):
+      if bad_images == "fail":
+        raise ValueError(f"cannot read image {path}: {result} (set data.bad_images='skip' "
+                         "to skip unreadable images)") from result
+      logging.warning("skipping unreadable image %s: %s", path, result)
+      skipped += 1
+      continue
+    images.append(result)
+    labels.append(label)
+  if skipped:
+    logging.warning("skipped %d unreadable image(s) of %d in %s", skipped, len(files), files.root)
+  if not images:
+    raise ValueError(f"no readable images in {files.root}")
+  return np.stack(images), np.asarray(labels, np.int32), skipped
+
+
+def make_folder_source(data_config, *, split: str, global_batch: int,
+                       mesh: jax.sharding.Mesh, seed: int) -> Source:
+  if data_config.bad_images not in ("fail", "skip"):
+    raise ValueError(f"data.bad_images={data_config.bad_images!r}; expected 'fail' or 'skip'")
+  files = folder_files(data_config, split)
+  check_num_classes(len(files.classes), data_config.num_classes, f"image folder {files.root}")
+  if data_config.in_memory:
+    images, labels, skipped = load_images(files, data_config.image_size,
+                                          host_resize=data_config.host_resize,
+                                          bad_images=data_config.bad_images)
+    return ArraySource(images, labels, num_classes=len(files.classes),
+                       global_batch=global_batch, mesh=mesh, seed=seed, skipped=skipped)
+
+  from supcon_jax.data import tfdata  # pylint: disable=g-import-not-at-top
+  tf = tfdata.tf
+  n, p = jax.process_count(), jax.process_index()
+  records = tf.data.Dataset.from_tensor_slices(
+      (list(files.paths), np.asarray(files.labels, np.int32))).shard(n, p)
+  # Paths are cheap and sorted by class, so the shuffle buffer holds all of them.
+  return tfdata.TfDataSource(
+      records, host_counts=[len(range(i, len(files), n)) for i in range(n)],
+      num_classes=len(files.classes), data_config=data_config, global_batch=global_batch,
+      mesh=mesh, seed=seed, shuffle_buffer=len(files), load=tf.io.read_file,
+      skip_bad=data_config.bad_images == "skip", name_of=lambda key: key.decode())

@@ -1,0 +1,235 @@
+"""tf.data pipelines behind the TFDS and image-folder sources.
+
+The one module that imports TensorFlow at the top; folder.py and tfds.py import it inside
+functions, so the in-memory path never loads TensorFlow.
+
+Determinism: epoch e reads this host's records shuffled with seed (seed, e); example i of
+that order is cropped with the stateless seed (seed, e, i). A run resumed at step s
+rebuilds epoch s // steps_per_epoch and skips the records of its first batches before
+decoding them, so it produces exactly the batches an uninterrupted run would (with
+data.bad_images="skip", unless images were skipped before the resume point in that epoch:
+the skipped records are not decoded, so the gaps they left are not reproduced).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Iterator, Sequence
+
+import jax
+import numpy as np
+import tensorflow as tf
+
+from supcon_jax import sharding
+from supcon_jax.data.base import EVAL_CROP, Source
+
+
+def _hide_accelerators() -> None:
+  # tf.data runs on the host CPU; a TF that sees the GPU/TPU grabs memory JAX needs.
+  for kind in ("GPU", "TPU"):
+    try:
+      tf.config.set_visible_devices([], kind)
+    except RuntimeError:  # TensorFlow's runtime started before this module: too late.
+      logging.warning("TensorFlow was initialised before supcon_jax.data and may hold "
+                      "%s memory", kind)
+
+
+_hide_accelerators()
+
+ASPECT_RANGE = (3 / 4, 4 / 3)  # Inception-style random-resized crop
+
+
+def decode(data: tf.Tensor) -> tf.Tensor:
+  return tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+
+
+def _to_uint8(image: tf.Tensor, size: int) -> tf.Tensor:
+  image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+  image.set_shape([size, size, 3])
+  return image
+
+
+def resize(image: tf.Tensor, size: int) -> tf.Tensor:
+  """To size x size (aspect not kept); images already that size pass untouched."""
+  same = tf.reduce_all(tf.shape(image)[:2] == size)
+  return _to_uint8(tf.cond(same, lambda: tf.cast(image, tf.float32),
+                           lambda: tf.image.resize(image, [size, size], antialias=True)), size)
+
+
+def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
+  """Shorter side to size / EVAL_CROP (aspect kept), then the central size x size."""
+  hw = tf.cast(tf.shape(image)[:2], tf.float32)
+  new_hw = tf.cast(tf.round(hw * round(size / EVAL_CROP) / tf.reduce_min(hw)), tf.int32)
+  image = tf.image.resize(image, new_hw, antialias=True)
+  top, left = (new_hw[0] - size) // 2, (new_hw[1] - size) // 2
+  return _to_uint8(image[top:top + size, left:left + size], size)
+
+
+def random_crop(encoded: tf.Tensor, seed: tf.Tensor, size: int,
+                scale: Sequence[float], jpeg: bool) -> tf.Tensor:
+  """Random-resized crop (area fraction in `scale`) to size x size; JPEGs decode only the crop."""
+  image = None if jpeg else decode(encoded)
+  shape = tf.image.extract_jpeg_shape(encoded) if jpeg else tf.shape(image)
+  begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
+      shape, tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed, min_object_covered=0.0,
+      aspect_ratio_range=ASPECT_RANGE, area_range=tuple(scale), max_attempts=10,
+      use_image_if_no_bounding_boxes=True)
+  if jpeg:
+    window = tf.stack([begin[0], begin[1], extent[0], extent[1]])
+    image = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
+  else:
+    image = tf.slice(image, begin, extent)
+  return _to_uint8(tf.image.resize(image, [size, size], antialias=True), size)
+
+
+def eval_image(encoded: tf.Tensor, size: int, host_resize: bool) -> tf.Tensor:
+  image = decode(encoded)
+  return center_crop(image, size) if host_resize else resize(image, size)
+
+
+def decode_all(records: tf.data.Dataset, size: int,
+               host_resize: bool) -> tuple[np.ndarray, np.ndarray]:
+  """Every (encoded image, label) record decoded with the evaluation transform, as NumPy."""
+  ds = records.map(lambda data, label: (eval_image(data, size, host_resize), label),
+                   num_parallel_calls=tf.data.AUTOTUNE).batch(1024)
+  chunks = list(ds.as_numpy_iterator())
+  if not chunks:
+    raise ValueError("the split is empty")
+  return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
+
+
+def _host_limits(counts: Sequence[int], max_examples: int | None) -> list[int]:
+  """How many of its records each process evaluates: `max_examples` shared out evenly."""
+  if max_examples is None:
+    return list(counts)
+  n = len(counts)
+  return [min(c, max_examples // n + (i < max_examples % n)) for i, c in enumerate(counts)]
+
+
+class TfDataSource(Source):
+  """This host's records through tf.data, assembled into global batches."""
+
+  def __init__(self, records: tf.data.Dataset, *, host_counts: Sequence[int],
+               num_classes: int, data_config, global_batch: int, mesh: jax.sharding.Mesh,
+               seed: int, shuffle_buffer: int,
+               load: Callable[[tf.Tensor], tf.Tensor] | None = None, jpeg: bool = False,
+               skip_bad: bool = False, name_of: Callable[[bytes], str] | None = None):
+    """records: this host's (key, label int32) in a fixed order; `load(key)` gives the
+    encoded image (key is the encoded image when load is None, a path for folders).
+    host_counts: records of every process. shuffle_buffer: records in the shuffle buffer
+    (all of them where records are sorted by class, e.g. file paths). name_of: key -> file
+    name; given, a decode failure is traced back to its file and raised as a ValueError
+    naming it."""
+    self._host_batch = sharding.host_batch_size(global_batch, mesh)
+    self.num_examples, self.num_classes = int(sum(host_counts)), num_classes
+    size = data_config.image_size
+    self.image_shape = (size, size, 3)
+    self.global_batch, self.skipped = global_batch, 0
+    self._records, self._host_counts = records, list(host_counts)
+    self._config, self._mesh, self._seed = data_config, mesh, seed
+    self._load = load or (lambda key: key)
+    self._jpeg, self._skip_bad, self._name_of = jpeg, skip_bad, name_of
+    self._shuffle_buffer = shuffle_buffer
+
+  def _epoch_seed(self, epoch):
+    return self._seed * 1_000_003 + epoch
+
+  def _epoch_order(self, epoch_seed) -> tf.data.Dataset:
+    return self._records.shuffle(self._shuffle_buffer, seed=epoch_seed,
+                                 reshuffle_each_iteration=False)
+
+  def _train_example(self, index, key, label, epoch_seed):
+    c = self._config
+    if c.host_resize:
+      seed = tf.stack([epoch_seed, index * jax.process_count() + jax.process_index()])
+      image = random_crop(self._load(key), seed, c.image_size, c.host_crop_scale, self._jpeg)
+    else:
+      image = resize(decode(self._load(key)), c.image_size)
+    return {"image": image, "label": label, "index": index}
+
+  def _eval_example(self, key, label):
+    image = eval_image(self._load(key), self._config.image_size, self._config.host_resize)
+    return {"image": image, "label": label, "mask": tf.constant(1.0)}
+
+  def _finish(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.prefetch(self._config.prefetch).with_options(options)
+
+  def _train_dataset(self, start_step: int, steps_per_epoch: int) -> tf.data.Dataset:
+    hb = self._host_batch
+    start_epoch, skip = divmod(start_step, steps_per_epoch)
+
+    def epoch(e):
+      es = self._epoch_seed(e)
+      # A second pass of the same order refills the epoch after skipped unreadable images.
+      ds = self._epoch_order(es).repeat(2).enumerate()
+      first = tf.where(e == start_epoch, tf.constant(skip, tf.int64), 0)
+      ds = ds.skip(first * hb)
+      ds = ds.map(lambda i, rec: self._train_example(i, *rec, es),
+                  num_parallel_calls=tf.data.AUTOTUNE)
+      if self._skip_bad:
+        ds = ds.ignore_errors()
+      return ds.batch(hb, drop_remainder=True).take(steps_per_epoch - first)
+
+    return self._finish(tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch))
+
+  def _name_culprit(self, err: tf.errors.OpError, order: tf.data.Dataset, first: int,
+                    count: int) -> None:
+    """Decodes the records of the failed batch one by one to name the bad file."""
+    if self._name_of is None:
+      raise err
+    for key, _ in order.skip(first).take(count).as_numpy_iterator():
+      try:
+        decode(self._load(key))
+      except tf.errors.OpError as bad:
+        raise ValueError(f"cannot read image {self._name_of(key)}: {bad.message} (set "
+                         "data.bad_images='skip' to skip unreadable images)") from err
+    raise err
+
+  def _count_skipped(self, n: int) -> None:
+    if n > 0:
+      self.skipped += int(n)
+      logging.warning("skipped %d unreadable image(s); %d so far", n, self.skipped)
+
+  def train_batches(self, start_step: int = 0) -> Iterator[dict[str, jax.Array]]:
+    spe, hb = self._check_steps(), self._host_batch
+    batches = self._train_dataset(start_step, spe).as_numpy_iterator()
+    step, expected = start_step, (start_step % spe) * hb
+    while True:
+      epoch, k = divmod(step, spe)
+      try:
+        batch = next(batches)
+      except tf.errors.OpError as err:
+        self._name_culprit(err, self._epoch_order(self._epoch_seed(epoch)), k * hb, hb)
+      if k == 0:
+        expected = 0
+      # Positions in the epoch's order run on without gaps unless images were skipped.
+      self._count_skipped(batch["index"][-1] + 1 - expected - hb)
+      expected = batch["index"][-1] + 1
+      yield sharding.to_global({"image": batch["image"], "label": batch["label"]}, self._mesh)
+      step += 1
+
+  def eval_batches(self, batch_size: int | None = None,
+                   max_examples: int | None = None) -> Iterator[dict[str, jax.Array]]:
+    hb = sharding.host_batch_size(batch_size or self.global_batch, self._mesh)
+    limits = _host_limits(self._host_counts, max_examples)
+    own, num_batches = limits[jax.process_index()], -(-max(limits) // hb)
+    ds = self._records.take(own).map(self._eval_example, num_parallel_calls=tf.data.AUTOTUNE)
+    if self._skip_bad:
+      ds = ds.ignore_errors()
+    size = self._config.image_size
+    pad = tf.data.Dataset.from_tensors({"image": tf.zeros([size, size, 3], tf.uint8),
+                                        "label": tf.constant(0, tf.int32),
+                                        "mask": tf.constant(0.0)}).repeat()
+    batches = self._finish(ds.concatenate(pad).batch(hb).take(num_batches))
+    batches = batches.as_numpy_iterator()
+    real = 0
+    for b in range(num_batches):
+      try:
+        batch = next(batches)
+      except tf.errors.OpError as err:
+        self._name_culprit(err, self._records, b * hb, hb)
+      real += int(batch["mask"].sum())
+      yield sharding.to_global(batch, self._mesh)
+    self._count_skipped(own - real)

@@ -1,0 +1,161 @@
+"""Evaluation of a representation: linear evaluation, the kNN monitor, the embedding picture.
+
+Linear evaluation freezes the encoder (BatchNorm in inference mode, no gradient) and trains
+only a linear classifier on r. Either each step encodes freshly augmented images
+(`linear.augment = "cropflip"`, the paper's protocol), or the representations of the
+un-augmented training images are computed once and the classifier trains on that cache
+(`linear.augment = "none"`: much faster, slightly weaker).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from supcon_jax import augment, checkpoint, losses, metrics, optim, sharding, train
+from supcon_jax.models import heads
+
+
+def encode(apply_fn: Callable, variables: Any, batches: Iterator[dict[str, jax.Array]],
+           transform: Callable) -> tuple[np.ndarray, np.ndarray]:
+  """Runs `apply_fn(variables, transform(image))["repr"]` over an evaluation pass.
+
+  Returns host arrays (features [N, D] float32, labels [N]) without the padding rows.
+  """
+  fn = jax.jit(lambda v, img: apply_fn(v, transform(img), train=False)["repr"])
+  feats, labels = [], []
+  for batch in batches:
+    out = {"f": fn(variables, batch["image"]), "y": batch["label"], "m": batch["mask"]}
+    out = multihost_utils.process_allgather(out, tiled=True)
+    keep = np.asarray(out["m"]) > 0
+    feats.append(np.asarray(out["f"], np.float32)[keep])
+    labels.append(np.asarray(out["y"])[keep])
+  return np.concatenate(feats), np.concatenate(labels)
+
+
+def knn_top1(bank: np.ndarray, bank_labels: np.ndarray, query: np.ndarray,
+             query_labels: np.ndarray, *, k: int, temperature: float, num_classes: int) -> float:
+  """Weighted cosine kNN (Wu et al. 2018, as in SimCLR/MoCo monitors); top-1 in percent."""
+  bank = jnp.asarray(bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), 1e-12))
+  query = jnp.asarray(query / np.maximum(np.linalg.norm(query, axis=1, keepdims=True), 1e-12))
+  k = min(k, bank.shape[0])
+  bank_onehot = jax.nn.one_hot(jnp.asarray(bank_labels), num_classes)
+
+  @jax.jit
+  def predict(q):
+    sim, idx = jax.lax.top_k(q @ bank.T, k)
+    votes = jnp.einsum("qk,qkc->qc", jnp.exp(sim / temperature), bank_onehot[idx])
+    return jnp.argmax(votes, axis=-1)
+
+  preds = np.concatenate([np.asarray(predict(query[i:i + 1024]))
+                          for i in range(0, query.shape[0], 1024)])
+  return float(100.0 * np.mean(preds == query_labels))
+
+
+def classify_top_k(logits: np.ndarray | jax.Array, labels: np.ndarray) -> dict[str, float]:
+  """Top-1 and top-5 accuracy in percent."""
+  logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+  return {f"top{k}": float(100.0 * losses.topk_accuracy(logits, labels, k=min(k, logits.shape[-1])))
+          for k in (1, 5)}
+
+
+def linear_evaluation(config: ml_collections.ConfigDict, *, encoder_apply: Callable,
+                      encoder_vars: Any, train_source: Any, eval_features: tuple[np.ndarray, np.ndarray],
+                      mesh: jax.sharding.Mesh, workdir: str, writer: metrics.Writer) -> dict[str, float]:
+  """Trains a linear classifier on the frozen representation; top-1/top-5 on the eval split."""
+  lin = config.linear
+  classifier = heads.LinearClassifier(num_classes=config.data.num_classes)
+  feat_dim = eval_features[0].shape[1]
+  rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)  # independent of pre-training
+  params = jax.jit(lambda r: classifier.init(r, jnp.zeros((1, feat_dim))),
+                   out_shardings=sharding.replicated(mesh))(rng)["params"]
+  steps_per_epoch = train_source.steps_per_epoch
+  total = max(1, int(lin.epochs * steps_per_epoch))
+  tx, schedule = optim.make_optimizer(lin.optim, batch_size=lin.batch_size,
+                                      steps_per_epoch=steps_per_epoch, total_steps=total)
+  state = train.create_state(params, {}, tx, mesh)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "linear_checkpoints"),
+                                 every_steps=config.checkpoint_every_steps,
+                                 keep=config.keep_checkpoints,
+                                 meta={"model": {"linear_on": feat_dim}})
+  state = train.resume(state, ckpt)
+
+  def ce(params, r, labels):
+    return losses.cross_entropy_loss(classifier.apply({"params": params}, r), labels)
+
+  if lin.augment == "none":
+    cache = encode(encoder_apply, encoder_vars, train_source.eval_batches(),
+                   augment.make_eval_transform(mean=config.data.mean, std=config.data.std))
+    batches = _feature_batches(cache, lin.batch_size, steps_per_epoch, config.seed, mesh)
+    loss_fn = lambda p, bs, batch, rng: (ce(p, batch["repr"], batch["label"]), bs)
+    frozen = ()
+  else:
+    aug = train.augment_for(config, policy=lin.augment, n_views=1, crop_scale=lin.crop_scale)
+
+    def loss_fn(p, bs, batch, rng, enc_vars):
+      r = encoder_apply(enc_vars, aug(rng, batch["image"])[:, 0], train=False)["repr"]
+      return ce(p, jax.lax.stop_gradient(r), batch["label"]), bs
+
+    batches, frozen = train_source.train_batches, (encoder_vars,)
+
+  loop = train.Loop(name="linear", num_steps=total, steps_per_epoch=steps_per_epoch,
+                    images_per_step=lin.batch_size, ckpt=ckpt, writer=writer,
+                    log_every=config.log_every_steps, skip_nonfinite=config.skip_nonfinite,
+                    schedule=schedule)
+  state = train.fit(loop, state, train.make_step(loss_fn, tx, mesh), batches, rng, *frozen)
+  ckpt.close()
+  logits = classifier.apply({"params": jax.device_get(state.params)}, eval_features[0])
+  return classify_top_k(logits, eval_features[1])
+
+
+def _feature_batches(cache: tuple[np.ndarray, np.ndarray], batch_size: int, steps_per_epoch: int,
+                     seed: int, mesh: jax.sharding.Mesh) -> Callable[[int], Iterator[dict]]:
+  """A resumable stream of shuffled batches of cached (r, label), drawn on the device."""
+  feats = jax.device_put(jnp.asarray(cache[0]), sharding.replicated(mesh))
+  labels = jax.device_put(jnp.asarray(cache[1], jnp.int32), sharding.replicated(mesh))
+  take = jax.jit(lambda idx: {"repr": feats[idx], "label": labels[idx]},
+                 out_shardings=sharding.batch_sharding(mesh))
+  n = cache[0].shape[0]
+
+  def stream(start_step: int) -> Iterator[dict]:
+    step = start_step
+    while True:
+      epoch, pos = divmod(step, steps_per_epoch)
+      order = np.random.default_rng((seed, epoch)).permutation(n)
+      yield take(order[pos * batch_size:(pos + 1) * batch_size])
+      step += 1
+
+  return stream
+
+
+def plot_embedding(features: np.ndarray, labels: np.ndarray, path: str, *, title: str = "",
+                   max_points: int = 2000, seed: int = 0) -> str:
+  """Saves a 2-D t-SNE of `features` coloured by class as a PNG; returns the path."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from sklearn.manifold import TSNE  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(seed)
+  idx = rng.permutation(len(features))[:max_points]
+  x = features[idx] / np.maximum(np.linalg.norm(features[idx], axis=1, keepdims=True), 1e-12)
+  xy = TSNE(n_components=2, init="pca", random_state=seed,
+            perplexity=min(30.0, (len(x) - 1) / 3)).fit_transform(x)
+  fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
+  sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels[idx], cmap="tab10", s=4)
+  ax.legend(*sc.legend_elements(), loc="best", fontsize=6, markerscale=0.6)
+  ax.set_title(title or "t-SNE of r")
+  ax.set_xticks([])
+  ax.set_yticks([])
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+  logging.info("embedding picture: %s", path)
+  return path

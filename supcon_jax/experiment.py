@@ -1,0 +1,172 @@
+"""`train_and_evaluate(config, workdir)`: the stages of one experiment, end to end.
+
+supcon / simclr: contrastive pre-training (with a kNN monitor), then linear evaluation of
+the frozen encoder. ce: the cross-entropy baseline, evaluated by its own classifier.
+`config.method` may list several methods ("supcon,ce"): each runs in `<workdir>/<method>`
+and a comparison table is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from supcon_jax import augment, checkpoint, config as config_lib, data, evaluate, metrics, models, optim
+from supcon_jax import sharding, train
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  config_lib.validate(config)
+  methods = [m.strip() for m in config.method.split(",")]
+  if len(methods) == 1:
+    return _run(config, workdir)
+  results = {}
+  for method in methods:
+    sub = ml_collections.ConfigDict(config.to_dict())
+    sub.method = method
+    results[method] = _run(sub, os.path.join(workdir, method))
+  _write_json(os.path.join(workdir, "results.json"), results)
+  table = format_table(results)
+  logging.info("\n%s", table)
+  print(table, flush=True)
+  return results
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  start = time.time()
+  mesh = sharding.make_mesh()
+  make = lambda split, batch: data.make_source(config.data, split=split, global_batch=batch,
+                                               mesh=mesh, seed=config.seed)
+  train_source = make("train", config.batch_size)
+  eval_source = make("eval", config.batch_size)
+  model = models.build_model(config.model, config.method, config.data.num_classes)
+  writer = metrics.Writer(workdir)
+  eval_transform = augment.make_eval_transform(mean=config.data.mean, std=config.data.std)
+  results: dict[str, Any] = {"method": config.method}
+  try:
+    state, train_info = _pretrain(config, workdir, mesh, model, train_source, eval_source, writer)
+    results.update(train_info)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    eval_r = evaluate.encode(model.apply, variables, eval_source.eval_batches(), eval_transform)
+    if config.method == "ce":
+      logits = _ce_logits(model, variables, eval_source, eval_transform)
+      acc = evaluate.classify_top_k(logits[0], logits[1])
+    elif config.stage in ("all", "linear"):
+      acc = evaluate.linear_evaluation(
+          config, encoder_apply=model.apply, encoder_vars=variables,
+          train_source=make("train", config.linear.batch_size), eval_features=eval_r,
+          mesh=mesh, workdir=workdir, writer=writer)
+    else:
+      acc = None
+    if acc is not None:
+      results.update(linear_eval_top1=acc["top1"], linear_eval_top5=acc["top5"])
+      results["knn_top1"] = _knn(config, model, variables, train_source, eval_r, eval_transform)
+      if config.embedding_plot and jax.process_index() == 0:
+        evaluate.plot_embedding(*eval_r, os.path.join(workdir, "embedding.png"),
+                                title=f"{config.method}: t-SNE of r (eval split)", seed=config.seed)
+  finally:
+    writer.close()
+  results["wall_time_s"] = time.time() - start
+  if jax.process_index() == 0:
+    _write_json(os.path.join(workdir, "results.json"), results)
+  logging.info("results: %s", results)
+  return results
+
+
+def _pretrain(config, workdir, mesh, model, train_source, eval_source, writer):
+  """Pre-training (or CE training); with stage=linear, only restores its final state."""
+  steps_per_epoch = train_source.steps_per_epoch
+  total = int(config.epochs * steps_per_epoch)
+  tx, schedule = optim.make_optimizer(config.optim, batch_size=config.batch_size,
+                                      steps_per_epoch=steps_per_epoch, total_steps=total)
+  rng = jax.random.PRNGKey(config.seed)
+  params, batch_stats = train.init_model(model, jax.random.fold_in(rng, 0),
+                                         train_source.image_shape, mesh)
+  state = train.create_state(params, batch_stats, tx, mesh)
+  source_dir = config.pretrain_workdir or workdir
+  meta = json.loads(json.dumps({"model": config.model.to_dict(), "method": config.method}))
+  ckpt = checkpoint.Checkpointer(os.path.join(source_dir, "checkpoints"),
+                                 every_steps=config.checkpoint_every_steps,
+                                 keep=config.keep_checkpoints, meta=meta)
+  state = train.resume(state, ckpt)
+  if config.stage == "linear" and config.method != "ce":
+    if int(state.step) == 0:
+      raise FileNotFoundError(f"stage=linear needs a pre-training checkpoint; none in "
+                              f"{ckpt.directory}")
+    ckpt.close()
+    return state, {"pretrain_steps": int(state.step)}
+  views = 1 if config.method == "ce" else config.augment.n_views
+  aug = train.augment_for(config, n_views=views)
+  if config.method == "ce":
+    loss_fn = train.cross_entropy_loss_fn(model, aug, config)
+  else:
+    loss_fn = train.contrastive_loss_fn(model, aug, config, mesh)
+  loop = train.Loop(
+      name=config.method, num_steps=total, steps_per_epoch=steps_per_epoch,
+      images_per_step=config.batch_size * views, ckpt=ckpt, writer=writer,
+      log_every=config.log_every_steps, skip_nonfinite=config.skip_nonfinite, schedule=schedule,
+      every_epoch=_monitor(config, model, train_source, eval_source))
+  t0 = time.time()
+  first = int(state.step)
+  state = train.fit(loop, state, train.make_step(loss_fn, tx, mesh), train_source.train_batches, rng)
+  ckpt.close()
+  seconds = time.time() - t0
+  return state, {"pretrain_steps": total, "epochs": config.epochs, "train_time_s": seconds,
+                 "images_per_sec": (total - first) * config.batch_size * views / max(seconds, 1e-9)}
+
+
+def _monitor(config, model, train_source, eval_source):
+  """Every knn.every_epochs: kNN top-1 on r (contrastive) or eval top-1 (CE)."""
+  every = config.knn.every_epochs
+  if not every:
+    return None
+  transform = augment.make_eval_transform(mean=config.data.mean, std=config.data.std)
+
+  def monitor(epoch: int, state: train.TrainState) -> dict[str, float]:
+    if epoch % every:
+      return {}
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    if config.method == "ce":
+      return {"eval_top1": evaluate.classify_top_k(*_ce_logits(model, variables, eval_source,
+                                                                 transform))["top1"]}
+    eval_r = evaluate.encode(model.apply, variables, eval_source.eval_batches(), transform)
+    return {"knn_top1": _knn(config, model, variables, train_source, eval_r, transform)}
+
+  return monitor
+
+
+def _knn(config, model, variables, train_source, eval_r, transform) -> float:
+  bank = evaluate.encode(model.apply, variables,
+                         train_source.eval_batches(max_examples=config.knn.num_train), transform)
+  return evaluate.knn_top1(*bank, *eval_r, k=config.knn.k, temperature=config.knn.temperature,
+                           num_classes=config.data.num_classes)
+
+
+def _ce_logits(model, variables, source, transform) -> tuple[np.ndarray, np.ndarray]:
+  fn = lambda v, x, train: {"repr": model.apply(v, x, train=train)["logits"]}
+  return evaluate.encode(fn, variables, source.eval_batches(), transform)
+
+
+def format_table(results: dict[str, dict[str, Any]]) -> str:
+  rows = ["| method | linear-eval top-1 | top-5 | kNN top-1 | wall time (s) |",
+          "| --- | --- | --- | --- | --- |"]
+  for method, r in results.items():
+    rows.append(f"| {method} | {r.get('linear_eval_top1', float('nan')):.2f} | "
+                f"{r.get('linear_eval_top5', float('nan')):.2f} | "
+                f"{r.get('knn_top1', float('nan')):.2f} | {r.get('wall_time_s', 0):.0f} |")
+  return "\n".join(rows)
+
+
+def _write_json(path: str, obj: Any) -> None:
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)

@@ -1,0 +1,174 @@
+"""Losses and accuracy metrics: SupCon (Khosla et al., NeurIPS 2020), cross-entropy, top-k.
+
+`supcon_loss` computes, for every anchor i with positives P(i) among all other views A(i),
+  L_out (eq. 2): -1/|P(i)| sum_{p in P(i)} log(exp(z_i.z_p/t) / sum_{a in A(i)} exp(z_i.z_a/t))
+  L_in  (eq. 3): -log(1/|P(i)| sum_{p in P(i)} exp(z_i.z_p/t) / sum_{a in A(i)} exp(z_i.z_a/t))
+With labels=None the positives are only the other views of the same image (SimCLR's NT-Xent).
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.sharding import Mesh, PartitionSpec as P
+
+VARIANTS = ("out", "in")
+CONTRAST_MODES = ("all", "one")
+
+
+def _masked_logsumexp(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """Row-wise log-sum-exp over `mask`; 0 for empty rows, with finite gradients everywhere."""
+  # Masking before exp (not after) keeps overflowing exps of masked entries out of the gradient.
+  x = jnp.where(mask, x, -jnp.inf)
+  m = jnp.max(x, axis=-1, keepdims=True)
+  m = lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))
+  s = jnp.sum(jnp.exp(x - m), axis=-1)
+  return m[..., 0] + jnp.log(jnp.where(s > 0, s, 1.0))
+
+
+def _anchor_losses(anchors, anchor_pos, anchor_labels, anchor_valid, contrast, contrast_labels,
+                   temperature, variant):
+  """Sum of the per-anchor losses and the number of anchors that have a positive."""
+  # bf16 x bf16 products are exact in float32 accumulation, so the matmul stays on the input dtype.
+  logits = jnp.matmul(anchors, contrast.T, preferred_element_type=jnp.float32) / temperature
+  not_self = anchor_pos[:, None] != jnp.arange(contrast.shape[0])[None, :]
+  pos = (anchor_labels[:, None] == contrast_labels[None, :]) & not_self & anchor_valid[:, None]
+  num_pos = jnp.sum(pos, axis=1).astype(jnp.float32)
+  log_denom = _masked_logsumexp(logits, not_self)
+  if variant == "out":
+    per_anchor = log_denom - jnp.sum(jnp.where(pos, logits, 0.0), axis=1) / jnp.maximum(num_pos, 1)
+  else:
+    per_anchor = log_denom - _masked_logsumexp(logits, pos) + jnp.log(jnp.maximum(num_pos, 1))
+  has_pos = num_pos > 0
+  return jnp.sum(jnp.where(has_pos, per_anchor, 0.0)), jnp.sum(has_pos.astype(jnp.float32))
+
+
+def _check_supcon_args(features, labels, temperature, base_temperature, variant, contrast_mode,
+                       block_size):
+  if features.ndim != 3:
+    raise ValueError(f"features must be [batch, n_views, dim], got shape {features.shape}")
+  if labels is not None and labels.shape != features.shape[:1]:
+    raise ValueError(f"labels shape {labels.shape} does not match features batch "
+                     f"{features.shape[:1]}")
+  for name, t in (("temperature", temperature), ("base_temperature", base_temperature)):
+    if isinstance(t, numbers.Real) and t <= 0:
+      raise ValueError(f"{name} must be > 0, got {t}")
+  if variant not in VARIANTS:
+    raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+  if contrast_mode not in CONTRAST_MODES:
+    raise ValueError(f"contrast_mode must be one of {CONTRAST_MODES}, got {contrast_mode!r}")
+  if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
+    raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
+
+
+def supcon_loss(features: jax.Array, labels: jax.Array | None = None, *,
+                temperature: float = 0.1, base_temperature: float | None = None,
+                variant: str = "out", contrast_mode: str = "all", axis_name: str | None = None,
+                block_size: int | None = None) -> jax.Array:
+  """Supervised contrastive loss, a float32 scalar.
+
+  Args:
+    features: [batch, n_views, dim], L2-normalised by the caller; any float dtype.
+    labels: int [batch], or None for self-supervised SimCLR.
+    temperature: softmax temperature t.
+    base_temperature: the loss is scaled by t / base_temperature (None: no scaling).
+    variant: "out" (L_out, eq. 2) or "in" (L_in, eq. 3).
+    contrast_mode: "all" (every view is an anchor) or "one" (only view 0).
+    axis_name: inside `jax.shard_map` with the batch split over this axis: local anchors are
+      contrasted against the gathered global batch and the global mean is returned, replicated.
+    block_size: anchors per block; blocks are rematerialised so the full [anchors, contrast]
+      logits are never kept for the backward pass.
+
+  Anchors without positives are left out of the mean; with none at all the loss is 0.
+  """
+  _check_supcon_args(features, labels, temperature, base_temperature, variant, contrast_mode,
+                     block_size)
+  batch, n_views, dim = features.shape
+  offset = 0
+  if labels is None:
+    labels = jnp.arange(batch)
+    if axis_name is not None:
+      labels += lax.axis_index(axis_name) * batch  # global sample ids
+  contrast, contrast_labels = features, labels
+  if axis_name is not None:
+    contrast = lax.all_gather(features, axis_name, tiled=True)
+    contrast_labels = lax.all_gather(labels, axis_name, tiled=True)
+    offset = lax.axis_index(axis_name) * batch
+  # Rows are sample-major: view v of sample b sits at row b * n_views + v.
+  contrast = contrast.reshape(-1, dim)
+  contrast_labels = jnp.repeat(contrast_labels, n_views)
+  anchor_pos = (offset + jnp.arange(batch))[:, None] * n_views + jnp.arange(n_views)[None, :]
+  if contrast_mode == "one":
+    features, anchor_pos = features[:, :1], anchor_pos[:, :1]
+  anchors = features.reshape(-1, dim)
+  anchor_pos = anchor_pos.reshape(-1)
+  anchor_labels = jnp.repeat(labels, anchors.shape[0] // batch)
+  anchor_valid = jnp.ones(anchors.shape[0], bool)
+
+  def block_loss(rows):
+    return _anchor_losses(*rows, contrast, contrast_labels, temperature, variant)
+
+  rows = (anchors, anchor_pos, anchor_labels, anchor_valid)
+  if block_size is None:
+    total, count = block_loss(rows)
+  else:
+    pad = -anchors.shape[0] % block_size  # padded rows have anchor_valid False
+    rows = [jnp.pad(r, [(0, pad)] + [(0, 0)] * (r.ndim - 1)) for r in rows]
+    rows = [r.reshape(-1, block_size, *r.shape[1:]) for r in rows]
+    totals, counts = lax.map(jax.checkpoint(block_loss), rows)
+    total, count = jnp.sum(totals), jnp.sum(counts)
+  if axis_name is not None:
+    total, count = lax.psum((total, count), axis_name)
+  scale = 1.0 if base_temperature is None else temperature / base_temperature
+  return (scale * total / jnp.maximum(count, 1.0)).astype(jnp.float32)
+
+
+def sharded_supcon_loss(features: jax.Array, labels: jax.Array | None, mesh: Mesh, *,
+                        axis_name: str = "data", **kwargs: Any) -> jax.Array:
+  """`supcon_loss` on batch-sharded global arrays, each device contrasting its own anchors."""
+  if labels is None:
+    return jax.shard_map(lambda f: supcon_loss(f, None, axis_name=axis_name, **kwargs),
+                         mesh=mesh, in_specs=P(axis_name), out_specs=P())(features)
+  return jax.shard_map(lambda f, l: supcon_loss(f, l, axis_name=axis_name, **kwargs),
+                       mesh=mesh, in_specs=(P(axis_name), P(axis_name)),
+                       out_specs=P())(features, labels)
+
+
+def cross_entropy_loss(logits: jax.Array, labels: jax.Array, *, label_smoothing: float = 0.0,
+                       weights: jax.Array | None = None) -> jax.Array:
+  """Mean softmax cross-entropy (weighted by `weights`, e.g. a padding mask), float32."""
+  if logits.ndim != 2 or labels.shape != logits.shape[:1]:
+    raise ValueError(f"need logits [batch, classes] and labels [batch], got {logits.shape} "
+                     f"and {labels.shape}")
+  if not 0.0 <= label_smoothing < 1.0:
+    raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+  if weights is not None and weights.shape != labels.shape:
+    raise ValueError(f"weights shape {weights.shape} does not match labels {labels.shape}")
+  num_classes = logits.shape[-1]
+  targets = (jax.nn.one_hot(labels, num_classes) * (1.0 - label_smoothing)
+             + label_smoothing / num_classes)
+  losses = -jnp.sum(targets * jax.nn.log_softmax(logits.astype(jnp.float32)), axis=-1)
+  if weights is None:
+    return jnp.mean(losses)
+  weights = weights.astype(jnp.float32)
+  return jnp.sum(weights * losses) / jnp.maximum(jnp.sum(weights), 1e-8)
+
+
+def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+  """float32 [batch]: 1.0 where the label is among the k largest logits (ties: lower index)."""
+  if logits.ndim != 2 or labels.shape != logits.shape[:1]:
+    raise ValueError(f"need logits [batch, classes] and labels [batch], got {logits.shape} "
+                     f"and {labels.shape}")
+  if not 1 <= k <= logits.shape[-1]:
+    raise ValueError(f"k must be in [1, {logits.shape[-1]}], got {k}")
+  top = lax.top_k(logits, k)[1]
+  return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def topk_accuracy(logits: jax.Array, labels: jax.Array, k: int = 1) -> jax.Array:
+  """Fraction of examples whose label is among the k largest logits."""
+  return jnp.mean(topk_correct(logits, labels, k))

@@ -1,0 +1,109 @@
+"""Heads on the ResNet representation, and the full models the trainer builds.
+
+SupConModel and CEModel both keep the encoder as the submodule "encoder", so its params and
+batch_stats (`variables[...]["encoder"]`) have the same structure in either and the linear
+evaluation can take the frozen encoder from a SupCon or a cross-entropy run alike.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from supcon_jax.models.resnet import ResNet, check_encoder_args, feature_dim
+
+HEADS = ("mlp", "linear")
+
+
+def l2_normalize(z: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """z / max(||z||, eps) in float32, along the last axis (PyTorch's F.normalize).
+
+  Clamping the squared norm before rsqrt keeps the value and the gradient finite at z = 0,
+  where d||z|| is undefined.
+  """
+  z = z.astype(jnp.float32)
+  return z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), eps * eps))
+
+
+def check_head(kind: str) -> None:
+  if kind not in HEADS:
+    raise ValueError(f"unknown projection head {kind!r}; valid heads: {list(HEADS)}")
+
+
+class ProjectionHead(nn.Module):
+  """r -> z on the unit sphere: Dense-ReLU-Dense ("mlp") or Dense ("linear")."""
+  kind: str = "mlp"
+  hidden_dim: int | None = None  # None: the input's size (the paper's mlp head)
+  out_dim: int = 128
+  dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    check_head(self.kind)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, r):
+    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32)
+    x = r
+    if self.kind == "mlp":
+      x = nn.relu(dense(self.hidden_dim or r.shape[-1], name="hidden")(x))
+    return l2_normalize(dense(self.out_dim, name="out")(x))
+
+
+class SupConModel(nn.Module):
+  """Encoder + projection head for SupCon/SimCLR: {"repr": r, "proj": z}, both float32."""
+  depth: int
+  width: float = 1.0
+  stem: str = "cifar"
+  zero_init_residual: bool = False
+  dtype: Any = jnp.float32
+  head: str = "mlp"
+  proj_dim: int = 128
+
+  def __post_init__(self):
+    check_encoder_args(self.depth, self.width, self.stem)
+    check_head(self.head)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x, train: bool) -> dict[str, jax.Array]:
+    r = ResNet(self.depth, self.width, self.stem, self.zero_init_residual, self.dtype,
+               name="encoder")(x, train)
+    z = ProjectionHead(self.head, feature_dim(self.depth, self.width), self.proj_dim, self.dtype,
+                       name="head")(r)
+    return {"repr": r, "proj": z}
+
+
+class CEModel(nn.Module):
+  """Encoder + linear classifier, the cross-entropy baseline: {"repr": r, "logits": float32}."""
+  depth: int
+  num_classes: int
+  width: float = 1.0
+  stem: str = "cifar"
+  zero_init_residual: bool = False
+  dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    check_encoder_args(self.depth, self.width, self.stem)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x, train: bool) -> dict[str, jax.Array]:
+    r = ResNet(self.depth, self.width, self.stem, self.zero_init_residual, self.dtype,
+               name="encoder")(x, train)
+    return {"repr": r, "logits": LinearClassifier(self.num_classes, name="classifier")(r)}
+
+
+class LinearClassifier(nn.Module):
+  """Dense on r -> float32 logits; the linear probe on a frozen encoder, and CE's classifier."""
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, r) -> jax.Array:
+    # float32 throughout: it is tiny, and the logits feed a softmax.
+    return nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32,
+                    name="dense")(r.astype(jnp.float32))

@@ -1,0 +1,268 @@
+"""Training: the state, one jitted step, and the loop that logs, checkpoints and resumes.
+
+The same loop drives every stage: contrastive pre-training (SupCon, SimCLR), the
+cross-entropy baseline, and the linear classifier of `evaluate.py`; what differs is the
+loss function handed to `make_step`.
+
+Everything a resumed run needs is in the checkpoint: the step is also the data position
+(sources replay their stream from any step) and the RNG position (each step's key is
+`fold_in(seed key, step)`), so a restart continues the same run exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import time
+from typing import Any, Callable, Iterator
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from supcon_jax import augment, checkpoint, losses, metrics, sharding
+
+LossFn = Callable[..., tuple[jax.Array, Any]]
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  nonfinite_steps: jax.Array  # steps whose loss or gradient was not finite (their update is dropped)
+  first_nonfinite: jax.Array  # the first such step, -1 while there is none
+
+
+class NonFiniteError(FloatingPointError):
+  pass
+
+
+class Preempted(Exception):
+  """SIGTERM arrived; a checkpoint was written and the run can be restarted."""
+
+
+def create_state(params: Any, batch_stats: Any, optimizer: optax.GradientTransformation,
+                 mesh: jax.sharding.Mesh) -> TrainState:
+  """A fresh state, replicated over the mesh."""
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                     opt_state=optimizer.init(params),
+                     nonfinite_steps=jnp.zeros((), jnp.int32),
+                     first_nonfinite=jnp.full((), -1, jnp.int32))
+  return sharding.replicate(state, mesh)
+
+
+def init_model(model: flax.linen.Module, rng: jax.Array, image_shape: tuple[int, ...],
+               mesh: jax.sharding.Mesh) -> tuple[Any, Any]:
+  """(params, batch_stats) of `model`, initialised directly on the mesh's devices."""
+  dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  variables = jax.jit(lambda r: model.init(r, dummy, train=False),
+                      out_shardings=sharding.replicated(mesh))(rng)
+  return variables["params"], variables.get("batch_stats", {})
+
+
+def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, mesh: jax.sharding.Mesh,
+              *, donate: bool = True) -> Callable[..., tuple[TrainState, metrics.TrainMetrics]]:
+  """Compiles `train_step(state, batch, rng, *frozen) -> (state, metrics)`.
+
+  `loss_fn(params, batch_stats, batch, rng, *frozen) -> (loss, new_batch_stats)`. The step
+  key is `fold_in(rng, state.step)`. An update with a non-finite loss or gradient is
+  dropped (the state keeps its values) and counted; the loop decides whether to stop.
+  """
+
+  def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *frozen):
+    rng = jax.random.fold_in(rng, state.step)
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.batch_stats, batch, rng, *frozen)
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    state = state.replace(
+        step=state.step + 1,
+        params=keep(params, state.params),
+        batch_stats=keep(batch_stats, state.batch_stats),
+        opt_state=keep(opt_state, state.opt_state),
+        nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
+        first_nonfinite=jnp.where((state.first_nonfinite < 0) & ~finite, state.step,
+                                  state.first_nonfinite))
+    m = metrics.TrainMetrics.single_from_model_output(
+        loss=loss, grad_norm=grad_norm, nonfinite=(~finite).astype(jnp.float32))
+    return state, m
+
+  replicated = sharding.replicated(mesh)
+  return jax.jit(train_step, donate_argnums=(0,) if donate else (),
+                 out_shardings=(replicated, replicated))
+
+
+def contrastive_loss_fn(model: flax.linen.Module, augment_fn: Callable, config: ml_collections.ConfigDict,
+                        mesh: jax.sharding.Mesh) -> LossFn:
+  """SupCon (labels) or SimCLR (no labels) on n_views augmented views of each image."""
+  use_labels = config.method == "supcon"
+  loss_kwargs = dict(temperature=config.loss.temperature,
+                     base_temperature=config.loss.base_temperature, variant=config.loss.variant,
+                     contrast_mode=config.loss.contrast_mode, block_size=config.loss.block_size)
+
+  def loss_fn(params, batch_stats, batch, rng):
+    views = augment_fn(rng, batch["image"])  # [B, V, H, W, C]
+    b, v = views.shape[:2]
+    out, updates = model.apply({"params": params, "batch_stats": batch_stats},
+                               views.reshape((b * v,) + views.shape[2:]), train=True,
+                               mutable=["batch_stats"])
+    z = out["proj"].reshape(b, v, -1)
+    labels = batch["label"] if use_labels else None
+    return losses.sharded_supcon_loss(z, labels, mesh, **loss_kwargs), updates["batch_stats"]
+
+  return loss_fn
+
+
+def cross_entropy_loss_fn(model: flax.linen.Module, augment_fn: Callable,
+                          config: ml_collections.ConfigDict) -> LossFn:
+  """The supervised baseline: the same encoder and augmentation, a linear classifier, CE."""
+
+  def loss_fn(params, batch_stats, batch, rng):
+    x = augment_fn(rng, batch["image"])[:, 0]
+    out, updates = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                               mutable=["batch_stats"])
+    loss = losses.cross_entropy_loss(out["logits"], batch["label"],
+                                     label_smoothing=config.loss.label_smoothing)
+    return loss, updates["batch_stats"]
+
+  return loss_fn
+
+
+def augment_for(config: ml_collections.ConfigDict, *, policy: str | None = None,
+                n_views: int | None = None, crop_scale=None) -> Callable:
+  """The on-device augmentation of `config.augment`, with the given fields replaced."""
+  aug = ml_collections.ConfigDict(config.augment.to_dict())
+  if policy is not None:
+    aug.policy = policy
+  if n_views is not None:
+    aug.n_views = n_views
+  if crop_scale is not None:
+    aug.crop_scale = crop_scale
+  return augment.make_train_augment(aug, mean=config.data.mean, std=config.data.std)
+
+
+class PreemptionWatch:
+  """Turns SIGTERM into a flag the loop checks between steps (no host sync)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+    except ValueError:  # not the main thread (e.g. some notebook kernels): no handler
+      self._previous = None
+    return self
+
+  def _on_sigterm(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM: checkpointing at the end of this step, then exiting")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      # Every host must stop at the same step; JAX's preemption service agrees on one.
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return self.requested or multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
+
+@dataclasses.dataclass
+class Loop:
+  """What one stage's loop needs besides the step function."""
+  name: str
+  num_steps: int
+  steps_per_epoch: int
+  images_per_step: int
+  ckpt: checkpoint.Checkpointer
+  writer: metrics.Writer
+  log_every: int
+  skip_nonfinite: bool
+  schedule: Callable[[int], Any] | None = None
+  every_epoch: Callable[[int, TrainState], dict[str, float]] | None = None  # e.g. kNN monitor
+
+
+def resume(state: TrainState, ckpt: checkpoint.Checkpointer) -> TrainState:
+  restored = ckpt.restore_latest(checkpoint.abstract(state))
+  return state if restored is None else restored[1]
+
+
+def fit(loop: Loop, state: TrainState, step_fn: Callable, batches: Callable[[int], Iterator],
+        rng: jax.Array, *frozen) -> TrainState:
+  """Runs `step_fn` from the state's step to `loop.num_steps`, then saves a final checkpoint."""
+  start = int(state.step)
+  if start >= loop.num_steps:
+    return state
+  logging.info("[%s] steps %d..%d (%d per epoch)", loop.name, start, loop.num_steps,
+               loop.steps_per_epoch)
+  stream = batches(start)
+  acc, last_log, last_time = None, start, time.time()
+  t_start = last_time
+  with PreemptionWatch() as watch:
+    for step in range(start, loop.num_steps):
+      state, m = step_fn(state, next(stream), rng, *frozen)
+      acc = m if acc is None else acc.merge(m)
+      done = step + 1
+      stop = watch.should_stop(done)
+      epoch_end = done % loop.steps_per_epoch == 0
+      if (done % loop.log_every == 0 or done == loop.num_steps or stop or epoch_end
+          or done % loop.ckpt.every_steps == 0):
+        now = time.time()
+        rate = loop.images_per_step * (done - last_log) / max(now - last_time, 1e-9)
+        values = {k: float(v) for k, v in acc.compute().items()}
+        values.update(images_per_sec=rate,
+                      lr=float(loop.schedule(done - 1)) if loop.schedule else 0.0)
+        values["nonfinite_steps"] = _check_finite(loop, state)
+        if epoch_end and loop.every_epoch is not None:
+          values.update(loop.every_epoch(done // loop.steps_per_epoch, state))
+        loop.writer.write(done, values)
+        _progress(loop, done, values, now - t_start, start)
+        acc, last_log, last_time = None, done, time.time()
+      loop.ckpt.save(done, state, force=stop)
+      if stop:
+        loop.ckpt.wait()
+        raise Preempted(f"[{loop.name}] preempted at step {done}; checkpoint saved in "
+                        f"{loop.ckpt.directory}")
+  loop.ckpt.save(loop.num_steps, state, force=True)
+  loop.ckpt.wait()
+  return state
+
+
+def _check_finite(loop: Loop, state: TrainState) -> int:
+  """The count of non-finite steps so far; raises unless the config skips them."""
+  bad = int(state.nonfinite_steps)
+  if bad and not loop.skip_nonfinite:
+    good = loop.ckpt.steps()
+    raise NonFiniteError(
+        f"[{loop.name}] non-finite loss or gradient at step {int(state.first_nonfinite)}; "
+        f"last good checkpoint: {f'step {good[-1]} in {loop.ckpt.directory}' if good else 'none'}"
+        " (set config.skip_nonfinite=True to skip such steps)")
+  return bad
+
+
+def _progress(loop: Loop, done: int, values: dict[str, float], elapsed: float, start: int) -> None:
+  eta = elapsed / max(done - start, 1) * (loop.num_steps - done)
+  extra = "".join(f" {k} {v:.2f}" for k, v in values.items() if k.startswith(("knn", "eval")))
+  skipped = f" skipped {values['nonfinite_steps']:.0f}" if values["nonfinite_steps"] else ""
+  logging.info("[%s] step %d/%d epoch %.1f loss %.4f lr %.4g %.0f img/s ETA %s%s%s", loop.name,
+               done, loop.num_steps, done / loop.steps_per_epoch, values["loss"], values["lr"],
+               values["images_per_sec"], _hms(eta), extra, skipped)
+
+
+def _hms(seconds: float) -> str:
+  m, s = divmod(int(seconds), 60)
+  h, m = divmod(m, 60)
+  return f"{h}:{m:02d}:{s:02d}"

@@ -1,0 +1,394 @@
+"""Data sources: in-memory arrays (no TensorFlow), image folders and TFDS through tf.data.
+
+References are independent of the code under test: sklearn's digits, the pixel colours the
+test paints into its own image files, and TFDS's own decoding of its mock data.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+from PIL import Image
+
+from supcon_jax import sharding
+from supcon_jax.config import base_config
+from supcon_jax.data import ArraySource, list_images, make_source, split_files, write_split
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def mesh():
+  return sharding.make_mesh()
+
+
+def _config(**overrides):
+  c = base_config().data
+  c.update(overrides)
+  return c
+
+
+def _take(iterator, n):
+  return [jax.tree.map(np.asarray, next(iterator)) for _ in range(n)]
+
+
+def _check_batch(batch, size, channels=3, batch_size=16):
+  assert batch["image"].shape == (batch_size, size, size, channels)
+  assert batch["image"].dtype == np.uint8 and batch["label"].dtype == np.int32
+  assert batch["image"].sharding.spec == P("data")
+  assert len(batch["image"].addressable_shards) == 8
+  assert batch["image"].addressable_shards[0].data.shape[0] == batch_size // 8
+
+
+# ---------------------------------------------------------------- in-memory arrays
+
+def _indexed(n=100):
+  """Image i carries i in pixel (0, 0, 0), so batches can be traced back to examples."""
+  images = np.zeros((n, 4, 4, 3), np.uint8)
+  images[:, 0, 0, 0] = np.arange(n)
+  return images, np.arange(n) % 10
+
+
+def test_arrays_epochs_are_permutations_deterministic_and_resumable(mesh):
+  images, labels = _indexed()
+  def source(seed):
+    return ArraySource.from_arrays(images, labels, num_classes=10, global_batch=16, mesh=mesh,
+                                   seed=seed)
+
+  src = source(3)
+  assert src.steps_per_epoch == 6
+  stream = _take(src.train_batches(), 14)
+  _check_batch(next(src.train_batches()), 4)
+  ids = [b["image"][:, 0, 0, 0].astype(int) for b in stream]
+  for b, i in zip(stream, ids):
+    np.testing.assert_array_equal(b["label"], i % 10)
+  epoch0, epoch1 = np.concatenate(ids[:6]), np.concatenate(ids[6:12])
+  assert len(set(epoch0)) == 96 and len(set(epoch1)) == 96  # no example twice in an epoch
+  assert not np.array_equal(epoch0, epoch1)  # each epoch its own order
+  for k in (0, 4, 6, 13):  # within the first epoch, at and past an epoch boundary
+    resumed = jax.tree.map(np.asarray, next(src.train_batches(start_step=k)))
+    np.testing.assert_array_equal(resumed["image"], stream[k]["image"])
+  np.testing.assert_array_equal(_take(source(3).train_batches(), 1)[0]["image"], stream[0]["image"])
+  assert not np.array_equal(_take(source(4).train_batches(), 1)[0]["image"], stream[0]["image"])
+
+
+def test_arrays_eval_pass_is_ordered_and_masked(mesh):
+  images, labels = _indexed()
+  src = ArraySource.from_arrays(images, labels, num_classes=10, global_batch=16, mesh=mesh)
+  batches = [jax.tree.map(np.asarray, b) for b in src.eval_batches(batch_size=32)]
+  assert len(batches) == 4 and batches[0]["mask"].dtype == np.float32
+  mask = np.concatenate([b["mask"] for b in batches])
+  np.testing.assert_array_equal(mask, np.arange(128) < 100)
+  ids = np.concatenate([b["image"][:, 0, 0, 0] for b in batches])[:100]
+  np.testing.assert_array_equal(ids, np.arange(100))
+  np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[:100], labels)
+  short = list(src.eval_batches(max_examples=20))
+  assert len(short) == 2 and sum(float(b["mask"].sum()) for b in short) == 20
+  with pytest.raises(ValueError, match="divisible"):
+    next(src.eval_batches(batch_size=12))
+
+
+def test_arrays_bad_input(mesh):
+  images, labels = _indexed(20)
+  kwargs = dict(num_classes=10, global_batch=16, mesh=mesh)
+  with pytest.raises(ValueError, match="label 10 "):
+    ArraySource.from_arrays(images, np.where(labels == 3, 10, labels), **kwargs)
+  with pytest.raises(ValueError, match="label -1 "):
+    ArraySource.from_arrays(images, labels - 1, **kwargs)
+  with pytest.raises(ValueError, match="uint8"):
+    ArraySource.from_arrays(images.astype(np.float32), labels, **kwargs)
+  with pytest.raises(ValueError, match="uint8"):
+    ArraySource.from_arrays(images[..., 0], labels, **kwargs)
+  with pytest.raises(ValueError, match="divisible"):
+    ArraySource.from_arrays(images, labels, num_classes=10, global_batch=12, mesh=mesh)
+  with pytest.raises(ValueError, match="divisible"):
+    make_source(_config(), split="train", global_batch=20, mesh=mesh, seed=0)
+  with pytest.raises(ValueError, match="num_classes=7"):
+    make_source(_config(num_classes=7), split="train", global_batch=16, mesh=mesh, seed=0)
+  with pytest.raises(ValueError, match="fewer than one global batch"):
+    next(ArraySource.from_arrays(images[:8], labels[:8], **kwargs).train_batches())
+
+
+def test_digits_split_is_stratified_partition_of_sklearn_digits(mesh):
+  from sklearn.datasets import load_digits  # the independent reference
+  digits = load_digits()
+  expected = np.round(digits.images * 255 / 16).astype(np.uint8)
+  c = _config(image_size=8)
+  train = make_source(c, split="train", global_batch=16, mesh=mesh, seed=0)
+  held = make_source(c, split="eval", global_batch=16, mesh=mesh, seed=0)
+  assert (train.num_examples, held.num_examples) == (1797 - 360, 360)
+
+  def everything(src):
+    batches = [jax.tree.map(np.asarray, b) for b in src.eval_batches()]
+    real = np.concatenate([b["mask"] for b in batches]) == 1
+    return (np.concatenate([b["image"] for b in batches])[real],
+            np.concatenate([b["label"] for b in batches])[real])
+
+  (ti, tl), (ei, el) = everything(train), everything(held)
+  np.testing.assert_array_equal(np.bincount(el, minlength=10), np.full(10, 36))
+  assert (ti[..., 0] == ti[..., 2]).all()  # grey replicated to 3 channels
+  # Together the two splits are exactly sklearn's images with their labels (a partition).
+  grey = np.concatenate([ti, ei])[..., 0]
+  ours = sorted(zip(np.concatenate([tl, el]), [x.tobytes() for x in grey]))
+  ref = sorted(zip(digits.target, [x.tobytes() for x in expected]))
+  assert ours == ref
+  again = everything(make_source(c, split="eval", global_batch=16, mesh=mesh, seed=5))
+  np.testing.assert_array_equal(again[0], ei)  # the split ignores the training seed
+  other = everything(make_source(_config(image_size=8, split_seed=1), split="eval",
+                                 global_batch=16, mesh=mesh, seed=0))
+  assert not np.array_equal(other[0], ei)
+  big = make_source(_config(image_size=16), split="train", global_batch=16, mesh=mesh, seed=0)
+  _check_batch(next(big.train_batches()), 16)
+
+
+NO_TF = textwrap.dedent("""
+  import sys
+  import numpy as np
+
+  class BlockTensorFlow:
+    def find_spec(self, name, path=None, target=None):
+      if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
+        raise ImportError("tensorflow is blocked in this test")
+
+  sys.meta_path.insert(0, BlockTensorFlow())
+  import jax
+  from supcon_jax import sharding
+  from supcon_jax.config import base_config
+  from supcon_jax.data import make_source
+
+  src = make_source(base_config().data, split="train", global_batch=16,
+                    mesh=sharding.make_mesh(), seed=0)
+  batch = next(src.train_batches(start_step=3))
+  assert batch["image"].shape == (16, 32, 32, 3), batch["image"].shape
+  assert len(batch["image"].addressable_shards) == 8
+  assert not any(m.startswith("tensorflow") for m in sys.modules)
+  print("OK", src.num_examples)
+""")
+
+
+def test_arrays_path_runs_where_tensorflow_cannot_be_imported():
+  out = subprocess.run([sys.executable, "-c", NO_TF], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "PYTHONPATH": ROOT})
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "OK 1437" in out.stdout
+
+
+# ---------------------------------------------------------------- image folders
+
+CLASSES = ("ant", "bee", "cat")
+
+
+def _paint(path, cls, shape=(10, 12), seed=0):
+  """Red = 40 + 80 * class everywhere (survives resizes, crops and JPEG); green/blue ramps
+  that differ per image, smooth so that JPEG's chroma subsampling barely touches red."""
+  y, x = np.mgrid[:shape[0], :shape[1]]
+  pixels = np.stack([np.full(shape, 40 + 80 * cls), (x * 9 + seed * 7) % 256,
+                     (y * 11 + seed * 13) % 256], axis=-1)
+  Image.fromarray(pixels.astype(np.uint8)).save(path)
+
+
+def _class_of(images):
+  red = images[..., 0].astype(int)
+  assert (red.max(axis=(1, 2)) - red.min(axis=(1, 2)) <= 30).all()
+  return np.round((red.mean(axis=(1, 2)) - 40) / 80).astype(int)
+
+
+@pytest.fixture
+def folder(tmp_path):
+  root = tmp_path / "train"
+  for c, name in enumerate(CLASSES):
+    (root / name / "nested").mkdir(parents=True)
+    for i in range(5):
+      ext = ("png", "JPG", "jpeg", "bmp", "png")[i]
+      where = root / name / "nested" if i == 4 else root / name
+      _paint(where / f"img{i}.{ext}", c, shape=(10 + i, 12), seed=10 * c + i)
+    (root / name / ".DS_Store").write_bytes(b"junk")
+  (root / "README.txt").write_text("plain files in the root are ignored")
+  return root
+
+
+def test_list_images_maps_sorted_class_folders(folder):
+  files = list_images(str(folder))
+  assert files.classes == CLASSES and len(files) == 15
+  for path, label in zip(files.paths, files.labels):
+    assert os.path.relpath(path, folder).split(os.sep)[0] == CLASSES[label]
+    assert _class_of(np.asarray(Image.open(path).convert("RGB"))[None]) == label
+  assert any("nested" in p for p in files.paths)
+
+
+def test_held_out_split_is_deterministic_disjoint_and_per_class(folder, tmp_path):
+  files = list_images(str(folder))
+  train, held = split_files(files, 2, seed=0)
+  assert np.bincount(held.labels).tolist() == [2, 2, 2]
+  assert np.bincount(train.labels).tolist() == [3, 3, 3]
+  assert not set(train.paths) & set(held.paths)
+  assert sorted(train.paths + held.paths) == sorted(files.paths)
+  assert split_files(list_images(str(folder)), 2, seed=0) == (train, held)
+  assert split_files(files, 2, seed=1)[1] != held
+  write_split(str(tmp_path / "held.txt"), held)
+  lines = (tmp_path / "held.txt").read_text().splitlines()
+  assert lines == [os.path.relpath(p, folder) for p in held.paths]
+  with pytest.raises(ValueError, match="'ant' has 5 examples"):
+    split_files(files, 5, seed=0)
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_folder_source_batches_and_eval_split(folder, mesh, in_memory):
+  c = _config(source="folder", train_dir=str(folder), val_per_class=2, num_classes=3,
+              image_size=8, in_memory=in_memory)
+  src = make_source(c, split="train", global_batch=8, mesh=mesh, seed=0)
+  assert (src.num_examples, src.num_classes, src.image_shape) == (9, 3, (8, 8, 3))
+  stream = _take(src.train_batches(), 3)
+  _check_batch(next(src.train_batches()), 8, batch_size=8)
+  for b in stream:
+    np.testing.assert_array_equal(_class_of(b["image"]), b["label"])
+  np.testing.assert_array_equal(next(src.train_batches(start_step=2))["image"], stream[2]["image"])
+  held = make_source(c, split="eval", global_batch=8, mesh=mesh, seed=0)
+  batches = [jax.tree.map(np.asarray, b) for b in held.eval_batches()]
+  assert held.num_examples == 6 and len(batches) == 1
+  np.testing.assert_array_equal(batches[0]["mask"], [1, 1, 1, 1, 1, 1, 0, 0])
+  np.testing.assert_array_equal(_class_of(batches[0]["image"][:6]), batches[0]["label"][:6])
+  np.testing.assert_array_equal(batches[0]["label"][:6], [0, 0, 1, 1, 2, 2])
+
+
+def test_folder_host_crops_are_deterministic(folder, mesh):
+  c = _config(source="folder", train_dir=str(folder), num_classes=3, image_size=6,
+              host_resize=True, host_crop_scale=(0.2, 0.5))
+  src = make_source(c, split="train", global_batch=8, mesh=mesh, seed=1)
+  stream = _take(src.train_batches(), 5)  # 15 images: one epoch is a single batch
+  for b in stream:
+    np.testing.assert_array_equal(_class_of(b["image"]), b["label"])
+  assert not np.array_equal(stream[3]["image"], stream[4]["image"])
+  np.testing.assert_array_equal(next(src.train_batches(start_step=4))["image"], stream[4]["image"])
+  eval_images = [np.asarray(b["image"]) for b in src.eval_batches()]
+  assert eval_images[0].shape == (8, 6, 6, 3) and len(eval_images) == 2
+
+
+def test_folder_bad_layouts_name_the_culprit(folder, tmp_path, mesh):
+  def source(**overrides):
+    c = _config(source="folder", train_dir=str(folder), num_classes=3, image_size=8)
+    c.update(overrides)
+    return make_source(c, split="train", global_batch=8, mesh=mesh, seed=0)
+
+  with pytest.raises(ValueError, match="nowhere"):
+    source(train_dir=str(tmp_path / "nowhere"))
+  (tmp_path / "empty_root").mkdir()
+  (tmp_path / "empty_root" / "x.png").write_bytes(b"")
+  with pytest.raises(ValueError, match="no class sub-folders"):
+    source(train_dir=str(tmp_path / "empty_root"))
+  with pytest.raises(ValueError, match="num_classes=4"):
+    source(num_classes=4)
+  (folder / "dog").mkdir()
+  with pytest.raises(ValueError, match="dog"):
+    list_images(str(folder))
+  (folder / "dog").rmdir()
+  (folder / "bee" / "notes.txt").write_text("not an image")
+  with pytest.raises(ValueError, match="notes.txt"):
+    list_images(str(folder))
+  (folder / "bee" / "notes.txt").unlink()
+
+  eval_root = tmp_path / "eval"
+  for name in ("ant", "bee", "cow"):
+    (eval_root / name).mkdir(parents=True)
+    _paint(eval_root / name / "a.png", 0)
+  c = _config(source="folder", train_dir=str(folder), eval_dir=str(eval_root), num_classes=3)
+  with pytest.raises(ValueError, match=r"only in eval \['cow'\], only in train \['cat'\]"):
+    make_source(c, split="eval", global_batch=8, mesh=mesh, seed=0)
+  with pytest.raises(ValueError, match="bad_images"):
+    source(bad_images="ignore")
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_unreadable_images_fail_naming_the_file_or_are_skipped(folder, mesh, in_memory):
+  (folder / "bee" / "garbage.png").write_bytes(b"this is not a png at all")
+  good = folder / "cat" / "img0.png"
+  (folder / "cat" / "truncated.png").write_bytes(good.read_bytes()[:60])
+  c = _config(source="folder", train_dir=str(folder), num_classes=3, image_size=8,
+              in_memory=in_memory)
+  with pytest.raises(ValueError, match="garbage.png|truncated.png"):
+    src = make_source(c, split="train", global_batch=8, mesh=mesh, seed=0)
+    _take(src.train_batches(), 3)  # 17 files, 2 batches per epoch: every file is read
+  c.eval_dir, c.bad_images = str(folder), "skip"
+  src = make_source(c, split="train", global_batch=8, mesh=mesh, seed=0)
+  for b in _take(src.train_batches(), 2):
+    np.testing.assert_array_equal(_class_of(b["image"]), b["label"])
+  held = make_source(c, split="eval", global_batch=8, mesh=mesh, seed=0)
+  masks = [np.asarray(b["mask"]) for b in held.eval_batches()]
+  assert sum(m.sum() for m in masks) == 15 and held.skipped == 2
+
+
+def test_failing_image_named_in_eval_pass(folder, mesh):
+  (folder / "ant" / "zz_bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
+  c = _config(source="folder", train_dir=str(folder), eval_dir=str(folder), num_classes=3,
+              image_size=8)
+  src = make_source(c, split="eval", global_batch=8, mesh=mesh, seed=0)
+  with pytest.raises(ValueError, match="zz_bad.jpg"):
+    list(src.eval_batches())
+
+
+# ---------------------------------------------------------------- TFDS (mocked)
+
+def test_tfds_pipeline_on_mock_data(mesh):
+  import tensorflow_datasets as tfds
+  c = _config(source="tfds", name="cifar10", image_size=32, shuffle_buffer=64)
+  with tfds.testing.mock_data(num_examples=40):
+    reference = list(tfds.as_numpy(tfds.load("cifar10", split="test")))  # TFDS's own decoding
+    src = make_source(c, split="eval", global_batch=16, mesh=mesh, seed=0)
+    assert (src.num_examples, src.num_classes, src.image_shape) == (40, 10, (32, 32, 3))
+    _check_batch(next(src.eval_batches()), 32)
+    batches = [jax.tree.map(np.asarray, b) for b in src.eval_batches()]
+    assert len(batches) == 3
+    mask = np.concatenate([b["mask"] for b in batches])
+    np.testing.assert_array_equal(mask, np.arange(48) < 40)
+    images = np.concatenate([b["image"] for b in batches])[:40]
+    np.testing.assert_array_equal(images, np.stack([ex["image"] for ex in reference]))
+    np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[:40],
+                                  [ex["label"] for ex in reference])
+
+    train = make_source(c, split="train", global_batch=16, mesh=mesh, seed=0)
+    assert train.steps_per_epoch == 2
+    stream = _take(train.train_batches(), 4)
+    _check_batch(next(train.train_batches()), 32)
+    seen = {x.tobytes() for x in np.stack([ex["image"] for ex in reference])}
+    for b in stream:
+      assert all(x.tobytes() in seen for x in b["image"])
+    assert not np.array_equal(stream[0]["image"], stream[2]["image"])
+    np.testing.assert_array_equal(next(train.train_batches(start_step=3))["image"],
+                                  stream[3]["image"])
+
+    c.update(host_resize=True, image_size=16)
+    cropped = make_source(c, split="train", global_batch=16, mesh=mesh, seed=0)
+    crops = _take(cropped.train_batches(), 4)
+    _check_batch(next(cropped.train_batches()), 16)
+    np.testing.assert_array_equal(next(cropped.train_batches(start_step=3))["image"],
+                                  crops[3]["image"])
+    c.update(host_resize=False, image_size=32, in_memory=True)
+    memory = make_source(c, split="eval", global_batch=16, mesh=mesh, seed=0)
+    assert isinstance(memory, ArraySource) and memory.num_examples == 40
+    first = jax.tree.map(np.asarray, next(memory.eval_batches()))
+    np.testing.assert_array_equal(first["image"], images[:16])
+    with pytest.raises(ValueError, match="num_classes=100"):
+      make_source(_config(source="tfds", name="cifar10", num_classes=100), split="train",
+                  global_batch=16, mesh=mesh, seed=0)
+
+
+def test_jpeg_crop_decodes_only_the_window_with_the_same_result():
+  from supcon_jax.data import tfdata
+  y, x = np.mgrid[:40, :60]
+  image = np.stack([x * 4, y * 6, (x + y) * 2], axis=-1).astype(np.uint8)
+  path = io.BytesIO()
+  Image.fromarray(image).save(path, format="JPEG", quality=95)
+  encoded = tfdata.tf.constant(path.getvalue())
+  seed = tfdata.tf.constant([1, 2], tfdata.tf.int64)
+  window = tfdata.random_crop(encoded, seed, 16, (0.08, 1.0), jpeg=True).numpy()
+  full = tfdata.random_crop(encoded, seed, 16, (0.08, 1.0), jpeg=False).numpy()
+  np.testing.assert_array_equal(window, full)
+  assert window.shape == (16, 16, 3) and window.std() > 1

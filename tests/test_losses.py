@@ -1,0 +1,272 @@
+"""supcon_jax.losses against float64 NumPy references written from the paper's equations."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.ad_checkpoint import print_saved_residuals
+from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.test_util import check_grads
+
+from supcon_jax import losses, sharding
+
+N_DEV = 8
+STATIC = ("temperature", "base_temperature", "variant", "contrast_mode", "axis_name", "block_size")
+# One compile per configuration instead of one per primitive keeps the file fast on CPU.
+supcon = jax.jit(losses.supcon_loss, static_argnames=STATIC)
+supcon_vg = jax.jit(jax.value_and_grad(losses.supcon_loss), static_argnames=STATIC)
+
+
+def ref_supcon(feats, labels, *, temperature, base_temperature=None, variant="out",
+               contrast_mode="all"):
+  """Eqs. 2 and 3 of Khosla et al., one anchor at a time, in float64."""
+  feats = np.asarray(feats, np.float64)
+  batch, n_views, _ = feats.shape
+  ids = np.arange(batch) if labels is None else np.asarray(labels)
+  views = [(b, v) for b in range(batch) for v in range(n_views)]
+  anchors = [(b, v) for (b, v) in views if contrast_mode == "all" or v == 0]
+  per_anchor = []
+  for i in anchors:
+    others = [a for a in views if a != i]
+    positives = [p for p in others if ids[p[0]] == ids[i[0]]]
+    if not positives:
+      continue
+    sim = lambda a: np.exp(feats[i] @ feats[a] / temperature)
+    denom = sum(sim(a) for a in others)
+    if variant == "out":
+      per_anchor.append(-np.mean([np.log(sim(p) / denom) for p in positives]))
+    else:
+      per_anchor.append(-np.log(np.mean([sim(p) / denom for p in positives])))
+  if not per_anchor:
+    return 0.0
+  scale = 1.0 if base_temperature is None else temperature / base_temperature
+  return scale * np.mean(per_anchor)
+
+
+def random_features(seed, batch, n_views, dim, dtype=np.float32):
+  x = np.random.default_rng(seed).normal(size=(batch, n_views, dim))
+  return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(dtype)
+
+
+def random_labels(seed, batch, num_classes):
+  return np.random.default_rng(seed + 1000).integers(0, num_classes, batch).astype(np.int32)
+
+
+@pytest.mark.parametrize(
+    "variant,contrast_mode,n_views,temperature,base_temperature,num_classes",
+    [
+        ("out", "all", 2, 0.1, None, 3),
+        ("in", "all", 2, 0.1, None, 3),
+        ("out", "one", 3, 0.5, None, 4),
+        ("in", "one", 3, 0.05, 0.07, 4),
+        ("out", "all", 4, 1.0, 0.07, 2),
+        ("in", "all", 1, 0.5, None, 4),  # some anchors have no positive
+        ("out", "all", 1, 0.05, None, 4),
+        ("out", "all", 2, 0.05, 0.07, None),  # SimCLR
+        ("in", "one", 4, 1.0, None, None),
+        ("out", "one", 1, 0.1, None, 2),  # n_views=1 and mode "one": positives in other samples
+    ])
+def test_supcon_matches_reference(variant, contrast_mode, n_views, temperature,
+                                  base_temperature, num_classes):
+  feats = random_features(0, 8, n_views, 6)
+  labels = None if num_classes is None else random_labels(n_views, 8, num_classes)
+  kwargs = dict(temperature=temperature, base_temperature=base_temperature, variant=variant,
+                contrast_mode=contrast_mode)
+  got = supcon(jnp.asarray(feats), None if labels is None else jnp.asarray(labels), **kwargs)
+  assert got.dtype == jnp.float32 and got.shape == ()
+  np.testing.assert_allclose(got, ref_supcon(feats, labels, **kwargs), rtol=2e-5, atol=1e-6)
+
+
+def test_anchors_without_positives_left_out_of_mean():
+  feats = random_features(1, 6, 1, 5)[:, 0]
+  labels = np.array([0, 0, 1, 2, 3, 4], np.int32)  # only samples 0 and 1 have a positive
+  got = supcon(jnp.asarray(feats[:, None]), jnp.asarray(labels), temperature=0.2)
+  sim = np.exp(feats.astype(np.float64) @ feats.T.astype(np.float64) / 0.2)
+  per_anchor = [-np.log(sim[i, 1 - i] / (sim[i].sum() - sim[i, i])) for i in (0, 1)]
+  np.testing.assert_allclose(got, np.mean(per_anchor), rtol=2e-5)
+
+
+@pytest.mark.parametrize("variant", ["out", "in"])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_no_positives_gives_zero_and_finite_grads(variant, batch):
+  feats = jnp.asarray(random_features(2, batch, 1, 4))
+  labels = jnp.arange(batch)
+  with jax.debug_nans(True):  # no NaN even in intermediates
+    value, grad = supcon_vg(feats, labels, temperature=0.05, variant=variant)
+  assert float(value) == 0.0
+  assert np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize("variant", ["out", "in"])
+def test_bfloat16_low_temperature(variant):
+  feats = jnp.asarray(random_features(3, 16, 2, 32)).astype(jnp.bfloat16)
+  labels = random_labels(3, 16, 4)
+  got, grad = supcon_vg(feats, jnp.asarray(labels), temperature=0.05, variant=variant)
+  assert got.dtype == jnp.float32 and grad.dtype == jnp.bfloat16
+  assert np.all(np.isfinite(np.asarray(grad, np.float32)))
+  rounded = np.asarray(feats.astype(jnp.float32))  # the reference sees the same bf16 values
+  want = ref_supcon(rounded, labels, temperature=0.05, variant=variant)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["out", "in"])
+def test_tiny_temperature_matches_reference(variant):
+  # Near-duplicate views give logits of ~1/t = 100, whose exp overflows float32 without the
+  # max subtraction.
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(4, 1, 3))
+  feats = np.concatenate([x, x + 1e-3 * rng.normal(size=x.shape)], axis=1)
+  feats = (feats / np.linalg.norm(feats, axis=-1, keepdims=True)).astype(np.float32)
+  labels = np.array([0, 0, 1, 2], np.int32)
+  value, grad = supcon_vg(jnp.asarray(feats), jnp.asarray(labels), temperature=0.01,
+                          variant=variant)
+  np.testing.assert_allclose(
+      value, ref_supcon(feats, labels, temperature=0.01, variant=variant), rtol=1e-4)
+  assert np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize("variant", ["out", "in"])
+def test_gradients(variant):
+  feats = random_features(5, 4, 2, 3)
+  labels = np.array([0, 1, 0, 2], np.int32)
+  f = jax.jit(lambda x: losses.supcon_loss(x, labels, temperature=0.5, variant=variant))
+  # The loss is float32 even for float64 inputs, so finite differences need a coarse eps.
+  check_grads(f, (jnp.asarray(feats),), order=1, modes=("rev",), eps=1e-3, atol=1e-2, rtol=1e-2)
+  # Central differences of the float64 reference, element by element, are a tighter check.
+  eps, want = 1e-6, np.zeros(feats.shape)
+  for idx in np.ndindex(feats.shape):
+    step = np.zeros(feats.shape)
+    step[idx] = eps
+    ref = lambda x: ref_supcon(x, labels, temperature=0.5, variant=variant)
+    want[idx] = (ref(feats + step) - ref(feats - step)) / (2 * eps)
+  np.testing.assert_allclose(jax.grad(f)(jnp.asarray(feats)), want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("block_size,variant", [(1, "in"), (3, "out"), (5, "in"), (40, "out")])
+def test_block_size_matches_unblocked(block_size, variant):
+  feats = jnp.asarray(random_features(6, 8, 2, 5))  # 16 anchor rows
+  labels = jnp.asarray(random_labels(6, 8, 3))
+  fn = lambda bs: supcon_vg(feats, labels, variant=variant, block_size=bs)
+  (v0, g0), (v1, g1) = fn(None), fn(block_size)
+  np.testing.assert_allclose(v1, v0, rtol=1e-6)
+  np.testing.assert_allclose(g1, g0, rtol=1e-5, atol=1e-7)
+
+
+def test_blocks_do_not_save_full_logits(capsys):
+  feats = jnp.asarray(random_features(6, 8, 2, 5))  # 16 anchor rows x 16 contrast rows
+  labels = jnp.asarray(random_labels(6, 8, 3))
+  saved = {}
+  for block_size in (None, 3):
+    print_saved_residuals(lambda f: losses.supcon_loss(f, labels, block_size=block_size), feats)
+    saved[block_size] = capsys.readouterr().out
+  assert "f32[16,16]" in saved[None]
+  assert "[16,16]" not in saved[3] and "[3,16]" not in saved[3]
+
+
+@pytest.fixture(scope="module")
+def mesh():
+  return sharding.make_mesh(N_DEV)  # the trainer's mesh: one "data" axis, AxisType.Auto
+
+
+@pytest.mark.parametrize("use_labels,variant,contrast_mode,block_size", [
+    (True, "out", "all", None),
+    (True, "in", "all", 3),
+    (False, "out", "all", 3),
+    (False, "in", "all", None),
+    (True, "out", "one", None),
+])
+def test_shard_map_matches_single_device(mesh, use_labels, variant, contrast_mode, block_size):
+  batch = 2 * N_DEV
+  feats = jnp.asarray(random_features(7, batch, 2, 4))
+  labels = jnp.asarray(random_labels(7, batch, 4)) if use_labels else None
+  kwargs = dict(temperature=0.1, variant=variant, contrast_mode=contrast_mode)
+  want_v, want_g = supcon_vg(feats, labels, **kwargs)
+  np.testing.assert_allclose(
+      want_v, ref_supcon(np.asarray(feats), None if labels is None else np.asarray(labels),
+                         **kwargs), rtol=2e-5)
+  # The wrapper is the jax.shard_map over "data"; each device holds 2 samples.
+  sharded = lambda f: losses.sharded_supcon_loss(f, labels, mesh, block_size=block_size, **kwargs)
+  got_v, got_g = jax.jit(jax.value_and_grad(sharded))(feats)
+  np.testing.assert_allclose(got_v, want_v, rtol=1e-5)
+  np.testing.assert_allclose(got_g, want_g, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("use_labels", [True, False])
+def test_sharded_wrapper_and_plain_jit_on_sharded_inputs(mesh, use_labels):
+  batch = 2 * N_DEV
+  batch_sharded = NamedSharding(mesh, P("data"))
+  feats_np = random_features(8, batch, 2, 4)
+  labels_np = random_labels(8, batch, 4) if use_labels else None
+  feats = jax.device_put(feats_np, batch_sharded)
+  labels = None if labels_np is None else jax.device_put(labels_np, batch_sharded)
+  want = ref_supcon(feats_np, labels_np, temperature=0.1, variant="in")
+  wrapped = jax.jit(lambda f, l: losses.sharded_supcon_loss(f, l, mesh, temperature=0.1,
+                                                            variant="in", block_size=3))
+  plain = jax.jit(lambda f, l: losses.supcon_loss(f, l, temperature=0.1, variant="in"))
+  np.testing.assert_allclose(wrapped(feats, labels), want, rtol=2e-5)
+  np.testing.assert_allclose(plain(feats, labels), want, rtol=2e-5)
+
+
+def test_bad_arguments():
+  feats = jnp.zeros((4, 2, 3))
+  labels = jnp.zeros(4, jnp.int32)
+  with pytest.raises(ValueError, match="temperature"):
+    losses.supcon_loss(feats, labels, temperature=0.0)
+  with pytest.raises(ValueError, match="base_temperature"):
+    losses.supcon_loss(feats, labels, base_temperature=-1.0)
+  with pytest.raises(ValueError, match="variant"):
+    losses.supcon_loss(feats, labels, variant="both")
+  with pytest.raises(ValueError, match="contrast_mode"):
+    losses.supcon_loss(feats, labels, contrast_mode="two")
+  with pytest.raises(ValueError, match="features"):
+    losses.supcon_loss(feats[:, 0], labels)
+  with pytest.raises(ValueError, match="labels"):
+    losses.supcon_loss(feats, labels[:3])
+  with pytest.raises(ValueError, match="block_size"):
+    losses.supcon_loss(feats, labels, block_size=0)
+  with pytest.raises(ValueError, match="k must"):
+    losses.topk_correct(jnp.zeros((2, 3)), jnp.zeros(2, jnp.int32), 4)
+  with pytest.raises(ValueError, match="label_smoothing"):
+    losses.cross_entropy_loss(jnp.zeros((2, 3)), jnp.zeros(2, jnp.int32), label_smoothing=1.0)
+  with pytest.raises(ValueError, match="weights"):
+    losses.cross_entropy_loss(jnp.zeros((2, 3)), jnp.zeros(2, jnp.int32), weights=jnp.ones(3))
+
+
+def ref_cross_entropy(logits, labels, smoothing, weights):
+  logits = np.asarray(logits, np.float64)
+  per_example = []
+  for row, y in zip(logits, labels):
+    log_p = row - np.log(np.sum(np.exp(row)))
+    target = np.full(len(row), smoothing / len(row))
+    target[y] += 1.0 - smoothing
+    per_example.append(-np.sum(target * log_p))
+  w = np.ones(len(labels)) if weights is None else np.asarray(weights, np.float64)
+  return np.sum(w * np.array(per_example)) / np.sum(w)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("use_weights", [False, True])
+def test_cross_entropy(smoothing, use_weights):
+  rng = np.random.default_rng(9)
+  logits = (3 * rng.normal(size=(6, 5))).astype(np.float32)
+  labels = rng.integers(0, 5, 6).astype(np.int32)
+  weights = np.array([1, 1, 0, 1, 0, 1], np.float32) if use_weights else None
+  got = losses.cross_entropy_loss(jnp.asarray(logits), jnp.asarray(labels),
+                                  label_smoothing=smoothing,
+                                  weights=None if weights is None else jnp.asarray(weights))
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(got, ref_cross_entropy(logits, labels, smoothing, weights), rtol=1e-5)
+
+
+def test_topk():
+  logits = jnp.array([[0.1, 0.5, 0.4, 0.0],   # ranking 1, 2, 0, 3
+                      [0.9, 0.0, 0.3, 0.2],   # ranking 0, 2, 3, 1
+                      [0.0, 0.1, 0.2, 0.3]])  # ranking 3, 2, 1, 0
+  labels = jnp.array([2, 0, 0])
+  np.testing.assert_array_equal(losses.topk_correct(logits, labels, 1), [0, 1, 0])
+  np.testing.assert_array_equal(losses.topk_correct(logits, labels, 2), [1, 1, 0])
+  np.testing.assert_array_equal(losses.topk_correct(logits, labels, 4), [1, 1, 1])
+  np.testing.assert_allclose(losses.topk_accuracy(logits, labels), 1 / 3)
+  np.testing.assert_allclose(losses.topk_accuracy(logits, labels, k=2), 2 / 3)
