@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train on a Cloud TPU VM slice: one process per TPU host, all started at once.
 #
-#   launch/tpu_pod.sh [--dry-run] create             # create (or reuse) the slice, copy code, install
+#   launch/tpu_pod.sh [--dry-run] create             # create or reuse the slice, copy, install
 #   launch/tpu_pod.sh [--dry-run] sync               # copy the code again and re-install
 #   launch/tpu_pod.sh [--dry-run] start gs://BUCKET/runs/NAME [--config.FIELD=VALUE ...]
 #   launch/tpu_pod.sh [--dry-run] logs [WORKER]      # follow a worker's log (default 0)
@@ -56,22 +56,24 @@ run() {
   fi
 }
 
-gcloud_tpu() {
+# gcloud compute tpus tpu-vm VERB [ARGS...] with the zone and project; the verbs that name
+# the TPU get it from the caller (scp names it inside its destination).
+tpu_vm() {
   local verb="$1"
   shift
-  local args=(gcloud compute tpus tpu-vm "$verb" "$TPU_NAME" --zone="$ZONE")
+  local flags=(--zone="$ZONE")
   if [[ -n "$PROJECT" ]]; then
-    args+=(--project="$PROJECT")
+    flags+=(--project="$PROJECT")
   fi
-  run "${args[@]}" "$@"
+  run gcloud compute tpus tpu-vm "$verb" "$@" "${flags[@]}"
 }
 
 on_workers() {  # on_workers WORKER COMMAND
-  gcloud_tpu ssh --worker="$1" --command="$2"
+  tpu_vm ssh "$TPU_NAME" --worker="$1" --command="$2"
 }
 
 exists() {
-  [[ "$DRY_RUN" != 1 ]] && gcloud_tpu describe --format='value(state)' >/dev/null 2>&1
+  [[ "$DRY_RUN" != 1 ]] && tpu_vm describe "$TPU_NAME" --format='value(state)' >/dev/null 2>&1
 }
 
 copy_code() {
@@ -87,14 +89,16 @@ copy_code() {
   # The checkout's files as git sees them (tracked and untracked, not ignored): no venv.
   local tarball="${TMPDIR:-/tmp}/supcon_jax.$$.tar.gz"
   if [[ "$DRY_RUN" == 1 ]]; then
-    echo "+ git -C $ROOT ls-files -z --cached --others --exclude-standard | tar -C $ROOT -czf $tarball --null -T -"
+    echo "+ git -C $ROOT ls-files -z --cached --others --exclude-standard" \
+      "| tar -C $ROOT -czf $tarball --null -T -"
   else
     trap 'rm -f "$tarball"' EXIT
     git -C "$ROOT" ls-files -z --cached --others --exclude-standard \
       | tar -C "$ROOT" -czf "$tarball" --null -T -
   fi
-  gcloud_tpu scp --worker=all "$tarball" "$TPU_NAME:supcon_jax.tar.gz"
-  on_workers all "rm -rf $REMOTE_DIR && mkdir $REMOTE_DIR && tar -xzf supcon_jax.tar.gz -C $REMOTE_DIR"
+  tpu_vm scp "$tarball" "$TPU_NAME:supcon_jax.tar.gz" --worker=all
+  on_workers all "rm -rf $REMOTE_DIR && mkdir $REMOTE_DIR && \
+tar -xzf supcon_jax.tar.gz -C $REMOTE_DIR"
 }
 
 install() {
@@ -114,7 +118,7 @@ create() {
     if [[ "$SPOT" == 1 ]]; then
       extra+=(--spot)
     fi
-    gcloud_tpu create --accelerator-type="$ACCELERATOR_TYPE" --version="$RUNTIME_VERSION" \
+    tpu_vm create "$TPU_NAME" --accelerator-type="$ACCELERATOR_TYPE" --version="$RUNTIME_VERSION" \
       "${extra[@]}"
   fi
   copy_code
@@ -138,7 +142,9 @@ start() {
   line="$(printf '%q ' "${cmd[@]}")"
   echo "python command: ${line% }"
   # nohup + redirections: the run outlives the ssh session that starts it.
-  on_workers all "cd $REMOTE_DIR && source ~/$VENV/bin/activate && \
+  on_workers all "if [ -f ~/$PID ] && kill -0 \$(cat ~/$PID) 2>/dev/null; then \
+echo 'a run is going on: launch/tpu_pod.sh stop first' >&2; exit 1; fi; \
+cd $REMOTE_DIR && . ~/$VENV/bin/activate && \
 nohup ${line% } > ~/$LOG 2>&1 < /dev/null & echo \$! > ~/$PID"
 }
 
@@ -155,8 +161,8 @@ main() {
     start) start "$@" ;;
     logs) on_workers "${1:-0}" "tail -n 200 -F ~/$LOG" ;;
     stop) on_workers all "[ -f ~/$PID ] && kill \$(cat ~/$PID) || true" ;;
-    ssh) gcloud_tpu ssh --worker="${1:-0}" ;;
-    delete) gcloud_tpu delete --quiet ;;
+    ssh) tpu_vm ssh "$TPU_NAME" --worker="${1:-0}" ;;
+    delete) tpu_vm delete "$TPU_NAME" --quiet ;;
     *) usage ;;
   esac
 }

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # The policy ops are part of this module's public API.
 from supcon_jax.augment_policies import (  # noqa: F401
@@ -274,11 +275,12 @@ def _check_config(cfg) -> None:
 
 
 def _normaliser(mean: Sequence[float], std: Sequence[float]):
-  mean = jnp.asarray(mean, jnp.float32)
-  std = jnp.asarray(std, jnp.float32)
+  # NumPy, not jax arrays: constants folded into the jitted step, on no particular device.
+  mean = np.asarray(mean, np.float32)
+  std = np.asarray(std, np.float32)
   if mean.ndim != 1 or mean.shape != std.shape:
     raise ValueError(f"mean {mean.shape} and std {std.shape} must be equal-length vectors")
-  if not bool((std > 0).all()):
+  if not (std > 0).all():
     raise ValueError(f"std={std.tolist()} must be positive")
   return lambda x: (x - mean) / std
 

@@ -32,7 +32,7 @@ class Checkpointer:
     self.every_steps = every_steps
     self.meta = meta
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, save_interval_steps=every_steps, create=True,
+        max_to_keep=keep, create=True,
         enable_async_checkpointing=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=("state", "meta"))
@@ -40,11 +40,14 @@ class Checkpointer:
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def save(self, step: int, state: Any, *, force: bool = False) -> bool:
-    """Saves if `step` is on the interval (or `force`); returns whether it saved."""
+  def due(self, step: int) -> bool:
+    return step % self.every_steps == 0
+
+  def save(self, step: int, state: Any) -> None:
+    """Starts an asynchronous save of `state` as `step` (the caller decides when)."""
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               meta=ocp.args.JsonSave(self.meta))
-    return self._manager.save(step, args=args, force=force)
+    self._manager.save(step, args=args, force=True)
 
   def restore_latest(self, abstract_state: Any) -> tuple[int, Any] | None:
     """Restores the newest readable checkpoint into the shardings of `abstract_state`.

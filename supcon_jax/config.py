@@ -78,7 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.label_smoothing = 0.0  # ce only
 
   c.batch_size = 256  # global, over all devices and hosts
-  c.epochs = 100
+  c.epochs = 100.0  # float: a fraction of an epoch is a valid (short) run
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "lars"
   c.optim.base_lr = 0.3  # learning rate = base_lr * batch_size / 256
@@ -89,7 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.trust_coefficient = 0.001
 
   c.linear = ml_collections.ConfigDict()  # linear evaluation on the frozen representation
-  c.linear.epochs = 10
+  c.linear.epochs = 10.0
   c.linear.batch_size = 256
   c.linear.augment = "cropflip"  # cropflip | none
   c.linear.crop_scale = (0.2, 1.0)

@@ -33,9 +33,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     sub.method = method
     results[method] = _run(sub, os.path.join(workdir, method))
   _write_json(os.path.join(workdir, "results.json"), results)
-  table = format_table(results)
-  logging.info("\n%s", table)
-  print(table, flush=True)
+  print(format_table(results), flush=True)
   return results
 
 
@@ -87,8 +85,7 @@ def _pretrain(config, workdir, mesh, model, train_source, eval_source, writer):
   tx, schedule = optim.make_optimizer(config.optim, batch_size=config.batch_size,
                                       steps_per_epoch=steps_per_epoch, total_steps=total)
   rng = jax.random.PRNGKey(config.seed)
-  params, batch_stats = train.init_model(model, jax.random.fold_in(rng, 0),
-                                         train_source.image_shape, mesh)
+  params, batch_stats = train.init_model(model, config.seed, train_source.image_shape, mesh)
   state = train.create_state(params, batch_stats, tx, mesh)
   source_dir = config.pretrain_workdir or workdir
   meta = json.loads(json.dumps({"model": config.model.to_dict(), "method": config.method}))

@@ -26,7 +26,7 @@ def _run_steps(config, mesh, images, labels, num_steps=3):
   tx, _ = optim.make_optimizer(config.optim, batch_size=config.batch_size, steps_per_epoch=10,
                                total_steps=10)
   rng = jax.random.PRNGKey(0)
-  params, batch_stats = train.init_model(model, rng, images.shape[1:], mesh)
+  params, batch_stats = train.init_model(model, 0, images.shape[1:], mesh)
   state = train.create_state(params, batch_stats, tx, mesh)
   views = 1 if config.method == "ce" else config.augment.n_views
   aug = train.augment_for(config, n_views=views)
