@@ -8,7 +8,10 @@ checkpoints is refused with a clear message instead of an opaque shape error.
 
 Orbax writes each step into a temporary directory and renames it when complete, and
 removes old steps only after a newer one is finalised, so a crash mid-save never costs
-the last good checkpoint.
+the last good checkpoint; the temporary directory such a crash leaves is removed when the
+next run starts. A finalised step that cannot be read is skipped for the one before it
+and renamed `<step>.unreadable` (kept for inspection, and out of the way of the resumed
+run, which saves that step again).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
 
 
 class CheckpointError(RuntimeError):
@@ -32,7 +37,7 @@ class Checkpointer:
     self.every_steps = every_steps
     self.meta = meta
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True,
+        max_to_keep=keep, create=True, cleanup_tmp_directories=True,
         enable_async_checkpointing=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=("state", "meta"))
@@ -59,12 +64,14 @@ class Checkpointer:
     steps = self.steps()
     if not steps:
       return None
+    unreadable = []
     for step in reversed(steps):
       try:
         meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
       except Exception as e:  # noqa: BLE001  orbax raises many kinds for a damaged step.
         logging.warning("checkpoint %d in %s is unreadable (%s); trying the previous one",
                         step, self.directory, _short(e))
+        unreadable.append(step)
         continue
       self._check_same_model(meta["meta"])
       try:
@@ -73,11 +80,27 @@ class Checkpointer:
       except Exception as e:  # noqa: BLE001
         logging.warning("checkpoint %d in %s is unreadable (%s); trying the previous one",
                         step, self.directory, _short(e))
+        unreadable.append(step)
         continue
+      if unreadable:
+        self._set_aside(unreadable)
+        logging.warning("resuming from checkpoint %d, the newest readable one in %s",
+                        step, self.directory)
       logging.info("restored checkpoint %d from %s", step, self.directory)
       return step, restored["state"]
     raise CheckpointError(f"none of the checkpoints {steps} in {self.directory} could be read; "
                           "move the directory away to start afresh")
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Renames unreadable steps newer than the restored one: the run will save them anew."""
+    if jax.process_index() == 0:
+      for step in steps:
+        path = epath.Path(self.directory) / str(step)
+        path.rename(path.parent / f"{step}.unreadable")
+        logging.warning("renamed unreadable checkpoint %s to %s.unreadable", path, step)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("checkpoint_set_aside")
+    self._manager.reload()
 
   def _check_same_model(self, saved: dict[str, Any]) -> None:
     mine = self.meta.get("model")

@@ -7,6 +7,8 @@ one line naming the field instead of deep inside a jitted step.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from typing import Any
 
 import ml_collections
@@ -156,3 +158,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
                      f"{c.model.stem} stem (at least {min_size})")
   if c.data.source == "folder" and not c.data.train_dir:
     raise ValueError("config.data.source='folder' needs config.data.train_dir")
+
+
+def load_config_file(path: str, arg: str = "") -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a config file: lets one recipe build on another (e.g. ce on supcon)."""
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3] + "_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 
 from supcon_jax import augment, checkpoint, losses, metrics, optim, sharding, train
@@ -138,9 +139,8 @@ def _feature_batches(cache: tuple[np.ndarray, np.ndarray], batch_size: int, step
 def plot_embedding(features: np.ndarray, labels: np.ndarray, path: str, *, title: str = "",
                    max_points: int = 2000, seed: int = 0) -> str:
   """Saves a 2-D t-SNE of `features` coloured by class as a PNG; returns the path."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  # A bare Figure, not pyplot: no global backend switch (notebooks keep theirs).
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   from sklearn.manifold import TSNE  # pylint: disable=g-import-not-at-top
 
   rng = np.random.default_rng(seed)
@@ -148,14 +148,15 @@ def plot_embedding(features: np.ndarray, labels: np.ndarray, path: str, *, title
   x = features[idx] / np.maximum(np.linalg.norm(features[idx], axis=1, keepdims=True), 1e-12)
   xy = TSNE(n_components=2, init="pca", random_state=seed,
             perplexity=min(30.0, (len(x) - 1) / 3)).fit_transform(x)
-  fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
+  fig = Figure(figsize=(5, 5), dpi=120)
+  ax = fig.add_subplot()
   sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels[idx], cmap="tab10", s=4)
   ax.legend(*sc.legend_elements(), loc="best", fontsize=6, markerscale=0.6)
   ax.set_title(title or "t-SNE of r")
   ax.set_xticks([])
   ax.set_yticks([])
   fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+  with epath.Path(path).open("wb") as f:  # local or gs://
+    fig.savefig(f, format="png")
   logging.info("embedding picture: %s", path)
   return path

@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
 from supcon_jax import augment, checkpoint, config as config_lib, data, evaluate, metrics, models, optim
 from supcon_jax import sharding, train
@@ -162,8 +163,9 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def _write_json(path: str, obj: Any) -> None:
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  """Writes then renames, so a reader never sees half a file (local or gs://)."""
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+  tmp.replace(path)

@@ -14,6 +14,7 @@ import os
 from typing import Any, Mapping
 
 import flax
+from etils import epath
 import jax
 import numpy as np
 from clu import metrics
@@ -44,8 +45,9 @@ class Writer:
     self._tb = None
     if not self._lead:
       return
-    os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    path = epath.Path(workdir)  # local or gs://
+    path.mkdir(parents=True, exist_ok=True)
+    self._jsonl = (path / "metrics.jsonl").open("a")
     if tensorboard:
       try:
         _hide_accelerators_from_tensorflow()

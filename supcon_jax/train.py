@@ -153,13 +153,19 @@ def augment_for(config: ml_collections.ConfigDict, *, policy: str | None = None,
 
 
 class PreemptionWatch:
-  """Turns SIGTERM into a flag the loop checks between steps (no host sync)."""
+  """Turns SIGTERM into a flag the loop checks between steps (no host sync).
+
+  With several processes, JAX's preemption service (started by jax.distributed.initialize)
+  owns SIGTERM and agrees on one step for all hosts; a Python handler would replace its own.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
 
   def __enter__(self):
+    if jax.process_count() > 1:
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
     except ValueError:  # not the main thread (e.g. some notebook kernels): no handler
@@ -177,9 +183,8 @@ class PreemptionWatch:
 
   def should_stop(self, step: int) -> bool:
     if jax.process_count() > 1:
-      # Every host must stop at the same step; JAX's preemption service agrees on one.
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      return self.requested or multihost_utils.reached_preemption_sync_point(step)
+      return multihost_utils.reached_preemption_sync_point(step)
     return self.requested
 
 

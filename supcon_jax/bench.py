@@ -1,0 +1,529 @@
+"""Throughput benchmarks of the real trainer step: `python -m supcon_jax.bench ...`.
+
+  python -m supcon_jax.bench --case step --depth 50 --stem cifar --image-size 32 --batch 512
+  python -m supcon_jax.bench --case loss --rows 16384 [--block-size 1024]
+  python -m supcon_jax.bench --case e2e --data-dir .data/train --depth 18
+  python -m supcon_jax.bench --suite issue4 [--data-dir .data/train] --json issue4.json
+
+The step is what `experiment` runs: `models.build_model`, on-device augmentation from
+`train.augment_for`, SupCon through `train.contrastive_loss_fn` (or CE), LARS from
+`optim.make_optimizer`, `train.make_step` with the state donated, and a per-step key
+(`fold_in(rng, state.step)` inside the step). Inputs are random uint8 images sharded over
+the mesh with `sharding.to_global`; e2e feeds the step from the image-folder source held in
+device memory instead.
+
+Timing: the step is compiled ahead of time (`lower().compile()`, reported as compile s),
+run for --warmup steps, then timed in --windows windows of --steps-per-window steps, each
+window ending in `block_until_ready`; a step's time is the median window time over its
+steps. Blocking after every step would leave the device idle while the host dispatches the
+next one, a cost the training loop does not pay; a window keeps dispatch running ahead as
+in `train.fit` and still gives a spread. Device-to-host transfers are disallowed while
+timing, so a host sync that sneaks into the step fails the benchmark instead of slowing it.
+
+MFU uses analytic FLOPs (`train_flops_per_image`: 2 x MACs of every conv and dense layer,
+x3 for forward + backward): XLA's cost_analysis() leaves cuDNN convolutions out on GPU.
+Each suite case runs in its own process, so peak memory (a process-wide high-water mark)
+and compile time belong to that case alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from supcon_jax import config as config_lib, data, losses, models, optim, sharding, train
+from supcon_jax.models import resnet
+
+CASES = ("step", "loss", "e2e")
+SUITES = ("issue4",)
+GIB = 2**30
+# Dense (no sparsity) datasheet TFLOP/s per device: (bfloat16, float32). float32 counts the
+# TF32 tensor-core rate, which XLA's default precision uses for float32 convs and matmuls on
+# GPU. The first substring of the device kind that matches wins.
+PEAK_TFLOPS = (("H100 PCIe", (756.0, 378.0)), ("H100", (989.0, 494.7)),
+               ("H200", (989.0, 494.7)), ("A100", (312.0, 156.0)))
+
+
+@dataclasses.dataclass
+class Case:
+  """One benchmark: the flags of the command line, as a Python API."""
+  case: str = "step"
+  method: str = "supcon"  # supcon | simclr | ce
+  depth: int = 50
+  width: float = 1.0
+  stem: str = "cifar"
+  image_size: int = 32
+  batch: int = 512  # samples per step; images per step = batch * views
+  views: int = 2
+  dtype: str = "bfloat16"
+  augment: str = "simaugment"
+  optimizer: str = "lars"
+  num_classes: int = 10
+  rows: int = 16384  # loss case: anchors (samples * 2 views)
+  block_size: int | None = None
+  data_dir: str = ""
+  devices: int | None = None  # None: every device
+  donate: bool = True
+  warmup: int = 5
+  windows: int = 10
+  steps_per_window: int = 5
+  peak_tflops: float | None = None
+  profile_dir: str = ""
+
+
+# ------------------------------------------------------------------- analytic FLOPs
+
+
+def _conv_out(size: int, kernel: int, stride: int) -> int:
+  pad = (kernel - 1) // 2  # the models' symmetric padding
+  return (size + 2 * pad - kernel) // stride + 1
+
+
+def forward_macs(depth: int, width: float = 1.0, stem: str = "cifar", image_size: int = 32,
+                 head: str = "mlp", proj_dim: int = 128) -> int:
+  """Multiply-accumulates of one image's forward pass: every conv and dense layer.
+
+  Walks the layers of `models.resnet.ResNet` and the projection head; BatchNorm, ReLU,
+  pooling and the loss are left out (a few percent of the FLOPs, none on tensor cores).
+  """
+  resnet.check_encoder_args(depth, width, stem)
+  macs, size = 0, image_size
+
+  def conv(c_in: int, c_out: int, kernel: int, stride: int) -> None:
+    nonlocal macs, size
+    size = _conv_out(size, kernel, stride)
+    macs += size * size * kernel * kernel * c_in * c_out
+
+  channels = resnet.stage_channels(width, 0)
+  if stem == "imagenet":
+    conv(3, channels, 7, 2)
+    size = _conv_out(size, 3, 2)  # max-pool
+  else:
+    conv(3, channels, 3, 1)
+  bottleneck = depth in resnet.BOTTLENECK_DEPTHS
+  for stage, num_blocks in enumerate(resnet.STAGE_SIZES[depth]):
+    c = resnet.stage_channels(width, stage)
+    c_out = 4 * c if bottleneck else c
+    for i in range(num_blocks):
+      stride = 2 if stage > 0 and i == 0 else 1
+      c_in = channels
+      if bottleneck:
+        conv(c_in, c, 1, 1)
+        conv(c, c, 3, stride)
+        conv(c, c_out, 1, 1)
+      else:
+        conv(c_in, c, 3, stride)
+        conv(c, c, 3, 1)
+      if stride != 1 or c_in != c_out:  # projection shortcut, at the block's output size
+        macs += size * size * c_in * c_out
+      channels = c_out
+  feat = resnet.feature_dim(depth, width)
+  macs += feat * feat + feat * proj_dim if head == "mlp" else feat * proj_dim
+  return macs
+
+
+def train_flops_per_image(depth: int, width: float = 1.0, stem: str = "cifar",
+                          image_size: int = 32, head: str = "mlp", proj_dim: int = 128) -> float:
+  """FLOPs of one image's training step: forward 2 x MACs, backward twice the forward."""
+  return 3 * 2 * forward_macs(depth, width, stem, image_size, head, proj_dim)
+
+
+def peak_tflops(device_kind: str, dtype: str) -> float | None:
+  """The datasheet dense rate of one device for this compute dtype, or None if unknown."""
+  for name, (bf16, f32) in PEAK_TFLOPS:
+    if name.lower() in device_kind.lower():
+      return bf16 if dtype == "bfloat16" else f32
+  return None
+
+
+# --------------------------------------------------------------------- measurement
+
+
+def environment() -> dict[str, Any]:
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  devices = jax.devices()
+  return {"device_kind": devices[0].device_kind, "platform": devices[0].platform,
+          "device_count": len(devices), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+          "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def _memory_stats(device) -> dict[str, int]:
+  return device.memory_stats() or {}  # None on CPU
+
+
+def _xla_memory(compiled) -> dict[str, int | None]:
+  """XLA's static estimate of the compiled program's buffers (available on CPU too)."""
+  m = compiled.memory_analysis()
+  get = lambda name: None if m is None else int(getattr(m, name, 0))
+  return {"xla_argument_bytes": get("argument_size_in_bytes"),
+          "xla_output_bytes": get("output_size_in_bytes"),
+          "xla_alias_bytes": get("alias_size_in_bytes"),
+          "xla_temp_bytes": get("temp_size_in_bytes")}
+
+
+def _time_windows(run: Callable[[int], None], case: Case) -> list[float]:
+  """Seconds per step of each timed window; `run(k)` runs k steps and blocks on the last."""
+  run(case.warmup)
+  per_step = []
+  with jax.transfer_guard_device_to_host("disallow"):
+    for _ in range(case.windows):
+      start = time.perf_counter()
+      run(case.steps_per_window)
+      per_step.append((time.perf_counter() - start) / case.steps_per_window)
+  if case.profile_dir:
+    with jax.profiler.trace(case.profile_dir):
+      run(case.steps_per_window)
+  return per_step
+
+
+def _timing(per_step: list[float], images_per_step: int | None) -> dict[str, Any]:
+  step_s = float(np.median(per_step))
+  return {"step_ms": 1e3 * step_s, "step_ms_min": 1e3 * min(per_step),
+          "step_ms_max": 1e3 * max(per_step),
+          "images_per_s": None if images_per_step is None else images_per_step / step_s}
+
+
+# ---------------------------------------------------------------------- the cases
+
+
+def bench_config(case: Case) -> ml_collections.ConfigDict:
+  """The trainer config the case describes (base_config with the case's fields)."""
+  c = config_lib.base_config()
+  c.method = case.method
+  c.model.depth, c.model.width, c.model.stem = case.depth, case.width, case.stem
+  c.model.dtype = case.dtype
+  c.data.image_size, c.data.num_classes = case.image_size, case.num_classes
+  c.augment.policy, c.augment.n_views = case.augment, case.views
+  c.loss.block_size = case.block_size
+  c.optim.name = case.optimizer
+  c.batch_size = case.batch
+  if case.case == "e2e":
+    c.data.source, c.data.train_dir, c.data.in_memory = "folder", case.data_dir, True
+  config_lib.validate(c)
+  return c
+
+
+def _model_name(case: Case) -> str:
+  width = "" if case.width == 1 else f"x{case.width:g}"
+  return f"R{case.depth}{width} {case.stem} {case.image_size}px {case.method}"
+
+
+def _compiled_step(case: Case, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+  """(compiled step, state, synthetic batch, rng, row fields) for the trainer's own step."""
+  model = models.build_model(config.model, config.method, config.data.num_classes)
+  tx, _ = optim.make_optimizer(config.optim, batch_size=config.batch_size, steps_per_epoch=100,
+                               total_steps=10_000)
+  image_shape = (case.image_size, case.image_size, 3)
+  start = time.perf_counter()
+  params, batch_stats = train.init_model(model, 0, image_shape, mesh)
+  state = train.create_state(params, batch_stats, tx, mesh)
+  jax.block_until_ready(state)
+  init_s = time.perf_counter() - start
+  views = 1 if config.method == "ce" else config.augment.n_views
+  augment = train.augment_for(config, n_views=views)
+  if config.method == "ce":
+    loss_fn = train.cross_entropy_loss_fn(model, augment, config)
+  else:
+    loss_fn = train.contrastive_loss_fn(model, augment, config, mesh)
+  step = train.make_step(loss_fn, tx, mesh, donate=case.donate)
+  rng = np.random.default_rng(0)  # random pixels: zeros can run faster than real images
+  batch = sharding.to_global(
+      {"image": rng.integers(0, 256, (case.batch,) + image_shape, dtype=np.uint8),
+       "label": rng.integers(0, case.num_classes, (case.batch,)).astype(np.int32)}, mesh)
+  key = jax.device_put(jax.random.PRNGKey(0), sharding.replicated(mesh))
+  start = time.perf_counter()
+  compiled = step.lower(state, batch, key).compile()
+  fields = {"init_s": init_s, "compile_s": time.perf_counter() - start, "views": views,
+            **_xla_memory(compiled)}
+  return compiled, state, batch, key, fields
+
+
+class _Runner:
+  """Runs the compiled step on a stream of batches, keeping the state and metrics on device."""
+
+  def __init__(self, compiled, state, key):
+    self.compiled, self.state, self.key = compiled, state, key
+    self.acc = None
+    self.donated = None
+
+  def __call__(self, batches, k: int) -> None:
+    for _ in range(k):
+      old = jax.tree.leaves(self.state) if self.donated is None else None
+      self.state, m = self.compiled(self.state, next(batches), self.key)
+      if old is not None:  # donation worked if XLA reused (and so deleted) every input buffer
+        self.donated = all(x.is_deleted() for x in old)
+      self.acc = m if self.acc is None else self.acc.merge(m)  # as train.fit does
+    jax.block_until_ready((self.state, self.acc))
+
+
+def _repeat(x):
+  while True:
+    yield x
+
+
+def _step_row(case: Case, fields: dict[str, Any], per_step: list[float], device,
+              donated: bool | None) -> dict[str, Any]:
+  images = case.batch * fields["views"]
+  row = {"case": case.case, "model": _model_name(case), "batch": case.batch,
+         "views": fields["views"], "images_per_step": images, "dtype": case.dtype,
+         "augment": case.augment, "optimizer": case.optimizer, "donated": donated,
+         "peak_bytes": _memory_stats(device).get("peak_bytes_in_use"),
+         **_timing(per_step, images), **fields}
+  row["gflop_per_image"] = train_flops_per_image(case.depth, case.width, case.stem,
+                                                 case.image_size) / 1e9
+  peak = case.peak_tflops or peak_tflops(device.device_kind, case.dtype)
+  row["peak_tflops"] = peak
+  row["mfu"] = (None if peak is None else
+                row["gflop_per_image"] * 1e9 * row["images_per_s"]
+                / (peak * 1e12 * row["devices"]))
+  return row
+
+
+def run_step(case: Case) -> list[dict[str, Any]]:
+  """The full trainer step on synthetic data; with case.case == "e2e" also fed by the folder."""
+  config = bench_config(case)
+  mesh = sharding.make_mesh(case.devices)
+  device = mesh.devices.flat[0]
+  compiled, state, batch, key, fields = _compiled_step(case, config, mesh)
+  fields["devices"] = mesh.devices.size
+  runner = _Runner(compiled, state, key)
+  synthetic = _repeat(batch)
+  per_step = _time_windows(lambda k: runner(synthetic, k), case)
+  step = _step_row(dataclasses.replace(case, case="step"), fields, per_step, device,
+                   runner.donated)
+  if case.case != "e2e":
+    return [step]
+  start = time.perf_counter()
+  source = data.make_source(config.data, split="train", global_batch=case.batch, mesh=mesh,
+                            seed=0)
+  load_s = time.perf_counter() - start
+  stream = source.train_batches(0)
+  per_step = _time_windows(lambda k: runner(stream, k), case)
+  e2e = _step_row(case, fields, per_step, device, runner.donated)
+  e2e.update(load_s=load_s, dataset_images=source.num_examples,
+             step_images_per_s=step["images_per_s"],
+             ratio_to_step=e2e["images_per_s"] / step["images_per_s"])
+  return [step, e2e]
+
+
+def run_loss(case: Case) -> list[dict[str, Any]]:
+  """supcon_loss forward + backward on random unit features [rows / 2, 2, 128]."""
+  if case.rows < 2 or case.rows % 2:
+    raise ValueError(f"--rows={case.rows} must be a positive even number (2 views per sample)")
+  device = jax.devices()[0]
+  k_feat, k_label = jax.random.split(jax.random.key(0))
+  with jax.default_device(device):
+    features = jax.random.normal(k_feat, (case.rows // 2, 2, 128), jnp.float32)
+    features /= jnp.linalg.norm(features, axis=-1, keepdims=True)
+    labels = jax.random.randint(k_label, (case.rows // 2,), 0, case.num_classes)
+  jax.block_until_ready((features, labels))
+  in_use = _memory_stats(device).get("bytes_in_use")
+  loss = functools.partial(losses.supcon_loss, temperature=0.1, block_size=case.block_size)
+  fn = jax.jit(jax.value_and_grad(loss))
+  start = time.perf_counter()
+  compiled = fn.lower(features, labels).compile()
+  compile_s = time.perf_counter() - start
+
+  def run(k: int) -> None:
+    jax.block_until_ready([compiled(features, labels) for _ in range(k)])
+
+  per_step = _time_windows(run, case)
+  peak = _memory_stats(device).get("peak_bytes_in_use")
+  block = f" block {case.block_size}" if case.block_size else ""
+  return [{"case": "loss", "model": f"supcon loss {case.rows} rows{block}",
+           "batch": case.rows // 2, "views": 2, "dtype": "float32", "rows": case.rows,
+           "block_size": case.block_size, "devices": 1, "compile_s": compile_s, "peak_bytes": peak,
+           "peak_beyond_inputs_bytes": None if peak is None else peak - in_use,
+           **_timing(per_step, None), **_xla_memory(compiled), "mfu": None}]
+
+
+def run_case(case: Case) -> list[dict[str, Any]]:
+  """The rows of one case: step -> [step]; loss -> [loss]; e2e -> [step-only, e2e]."""
+  if case.case not in CASES:
+    raise ValueError(f"--case={case.case!r}; expected one of {CASES}")
+  if case.case == "e2e" and not case.data_dir:
+    raise ValueError("--case e2e needs --data-dir (an image folder, one sub-folder per class)")
+  for name in ("warmup", "windows", "steps_per_window"):
+    if getattr(case, name) < (0 if name == "warmup" else 1):
+      raise ValueError(f"--{name.replace('_', '-')}={getattr(case, name)} is too small")
+  return run_loss(case) if case.case == "loss" else run_step(case)
+
+
+# -------------------------------------------------------------------------- suites
+
+
+def suite_cases(name: str, data_dir: str = "") -> list[list[str]]:
+  """The command-line arguments of each case of a suite (issue 4's table)."""
+  if name not in SUITES:
+    raise ValueError(f"--suite={name!r}; expected one of {SUITES}")
+  cifar = ["--stem", "cifar", "--image-size", "32", "--batch", "512", "--views", "2",
+           "--dtype", "bfloat16"]
+  # With the CIFAR folder, e2e also times the step alone: one compile gives both rows.
+  kind = ["--case", "e2e", "--data-dir", data_dir] if data_dir else ["--case", "step"]
+  cases = [kind + ["--depth", "50"] + cifar, kind + ["--depth", "18"] + cifar,
+           ["--case", "step", "--depth", "50", "--stem", "imagenet", "--image-size", "224",
+            "--batch", "128", "--views", "2", "--dtype", "bfloat16"]]
+  cases += [["--case", "loss", "--rows", str(rows)] for rows in (2048, 8192, 16384)]
+  # Row blocking is what keeps 16,384 rows within the issue's 1 GiB beyond the inputs.
+  cases += [["--case", "loss", "--rows", "16384", "--block-size", str(b)] for b in (1024, 2048)]
+  return cases
+
+
+def run_suite(name: str, data_dir: str, passthrough: list[str],
+              json_path: str = "") -> tuple[dict, list[dict]]:
+  """Each case in a fresh process: its own peak memory, compile time and device memory.
+
+  The parent never starts a JAX backend, which on GPU would hold most of the memory. The
+  JSON is rewritten after every case, so a run cut short keeps the cases it finished.
+  """
+  environment_, rows = {}, []
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      filter(None, [root, os.environ.get("PYTHONPATH")])))
+  for argv in suite_cases(name, data_dir):
+    with tempfile.TemporaryDirectory() as tmp:
+      out = os.path.join(tmp, "rows.json")
+      cmd = [sys.executable, "-m", "supcon_jax.bench", *argv, *passthrough, "--json", out]
+      print("$ python", " ".join(cmd[1:-2]), flush=True)
+      done = subprocess.run(cmd, check=False, env=env)
+      if done.returncode or not os.path.exists(out):
+        rows.append({"case": argv[1], "model": " ".join(argv), "error": done.returncode})
+      else:
+        with open(out, encoding="utf-8") as f:
+          result = json.load(f)
+        environment_ = environment_ or result["environment"]
+        rows += result["rows"]
+    if json_path:
+      write_json(json_path, environment_, rows)
+  return environment_, rows
+
+
+# ---------------------------------------------------------------------------- output
+
+
+def _fmt(value: Any, spec: str, scale: float = 1.0) -> str:
+  return "n/a" if value is None else format(value / scale, spec)
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+  """A Markdown table of the rows, as docs/performance.md shows them."""
+  lines = ["| case | model | batch x views | dtype | images/s | step ms | compile s | "
+           "peak GiB | MFU | note |", "| " + " | ".join(["---"] * 10) + " |"]
+  for r in rows:
+    if "error" in r:
+      lines.append(f"| {r['case']} | {r['model']} | | | failed (exit {r['error']}) | | | | | |")
+      continue
+    note = ""
+    if r["case"] == "e2e":
+      note = f"{100 * r['ratio_to_step']:.1f}% of step-only; load {r['load_s']:.0f} s"
+    elif r["case"] == "loss":
+      note = (f"beyond inputs {_fmt(r['peak_beyond_inputs_bytes'], '.3f', GIB)} GiB; "
+              f"XLA temp {_fmt(r['xla_temp_bytes'], '.3f', GIB)} GiB")
+    mfu = "n/a" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"
+    lines.append(f"| {r['case']} | {r['model']} | {r['batch']} x {r['views']} | {r['dtype']} | "
+                 f"{_fmt(r.get('images_per_s'), ',.0f')} | {r['step_ms']:.2f} | "
+                 f"{r['compile_s']:.1f} | {_fmt(r['peak_bytes'], '.2f', GIB)} | {mfu} | {note} |")
+  return "\n".join(lines)
+
+
+def format_environment(env: dict[str, Any]) -> str:
+  return (f"{env.get('device_count', '?')} x {env.get('device_kind', '?')} "
+          f"({env.get('platform', '?')}), jax {env.get('jax', '?')}, "
+          f"jaxlib {env.get('jaxlib', '?')}, {env.get('date', '?')}, "
+          f"XLA_FLAGS={env.get('xla_flags', '')!r}")
+
+
+def write_json(path: str, env: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump({"environment": env, "command": sys.argv, "rows": rows}, f, indent=2)
+
+
+# ------------------------------------------------------------------------ command line
+
+
+def _parser() -> argparse.ArgumentParser:
+  d = Case()
+  p = argparse.ArgumentParser(prog="python -m supcon_jax.bench", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--case", choices=CASES, default=d.case)
+  p.add_argument("--suite", choices=SUITES, help="run a table of cases, each in its own process")
+  p.add_argument("--method", choices=("supcon", "simclr", "ce"), default=d.method)
+  p.add_argument("--depth", type=int, choices=sorted(resnet.STAGE_SIZES), default=d.depth)
+  p.add_argument("--width", type=float, default=d.width, help="channel multiplier")
+  p.add_argument("--stem", choices=resnet.STEMS, default=d.stem)
+  p.add_argument("--image-size", type=int, default=d.image_size)
+  p.add_argument("--batch", type=int, default=d.batch, help="samples per step (global)")
+  p.add_argument("--views", type=int, default=d.views)
+  p.add_argument("--dtype", choices=("bfloat16", "float32"), default=d.dtype,
+                 help="compute dtype; parameters stay float32")
+  p.add_argument("--augment", choices=config_lib.POLICIES, default=d.augment)
+  p.add_argument("--optimizer", choices=config_lib.OPTIMIZERS, default=d.optimizer)
+  p.add_argument("--num-classes", type=int, default=d.num_classes)
+  p.add_argument("--rows", type=int, default=d.rows, help="loss case: anchor rows")
+  p.add_argument("--block-size", type=int, default=d.block_size,
+                 help="loss row blocking (config loss.block_size)")
+  p.add_argument("--data-dir", default=d.data_dir, help="e2e: image folder (CIFAR-10 train/)")
+  p.add_argument("--devices", type=int, default=d.devices, help="first N devices (default all)")
+  p.add_argument("--no-donate", dest="donate", action="store_false",
+                 help="do not donate the state (to measure what donation saves)")
+  p.add_argument("--warmup", type=int, default=d.warmup, help="untimed steps after compiling")
+  p.add_argument("--windows", type=int, default=d.windows)
+  p.add_argument("--steps-per-window", type=int, default=d.steps_per_window)
+  p.add_argument("--peak-tflops", type=float, default=d.peak_tflops,
+                 help="per-device peak for MFU (default: datasheet rate of the device kind)")
+  p.add_argument("--profile-dir", default=d.profile_dir,
+                 help="also trace one window with jax.profiler into this folder")
+  p.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS before JAX starts")
+  p.add_argument("--json", default="", help="write the environment and rows here")
+  return p
+
+
+def _passthrough(args: argparse.Namespace) -> list[str]:
+  """Flags the suite hands on to every case (timing, devices, MFU peak)."""
+  out = []
+  for name in ("warmup", "windows", "steps_per_window", "devices", "peak_tflops"):
+    value = getattr(args, name)
+    if value is not None:
+      out += [f"--{name.replace('_', '-')}", str(value)]
+  return out
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+  args = _parser().parse_args(argv)
+  if args.xla_flags:  # read when the backend starts, so only effective before any JAX work
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {args.xla_flags}".strip()
+  if args.suite:
+    env, rows = run_suite(args.suite, args.data_dir, _passthrough(args), args.json)
+  else:
+    case = Case(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Case)})
+    env = environment()
+    rows = run_case(case)
+  print(format_environment(env))
+  print(format_table(rows), flush=True)
+  if args.json:
+    write_json(args.json, env, rows)
+  return rows
+
+
+if __name__ == "__main__":
+  try:
+    main()
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)

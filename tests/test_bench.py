@@ -1,0 +1,107 @@
+"""The benchmark harness on the CPU: tiny cases run, rows are complete, FLOPs are right."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from supcon_jax import bench
+
+# Issue 4's analytic training cost per image (forward + backward), GFLOP.
+ISSUE_GFLOP = [((50, "cifar", 32), 7.8), ((18, "cifar", 32), 3.3), ((50, "imagenet", 224), 24.6)]
+
+
+@pytest.mark.parametrize("arch,gflop", ISSUE_GFLOP)
+def test_flops_match_the_issue(arch, gflop):
+  depth, stem, size = arch
+  got = bench.train_flops_per_image(depth, 1.0, stem, size) / 1e9
+  assert got == pytest.approx(gflop, rel=0.05)
+
+
+def test_flops_count_resnet18_layer_by_layer():
+  # Width 1/64: 1, 2, 4, 8 channels in stages 1-4 at 8, 4, 2, 1 pixels a side.
+  got = bench.forward_macs(18, 1 / 64, "cifar", 8, head="linear", proj_dim=2)
+  conv = lambda side, k, c_in, c_out: side * side * k * k * c_in * c_out
+  expected = conv(8, 3, 3, 1) + 4 * conv(8, 3, 1, 1)  # stem, stage 1
+  for c, side in ((2, 4), (4, 2), (8, 1)):
+    first = conv(side, 3, c // 2, c) + conv(side, 3, c, c) + conv(side, 1, c // 2, c)
+    expected += first + 2 * conv(side, 3, c, c)
+  expected += 8 * 2  # linear head
+  assert got == expected
+
+
+def _write_folder(root, classes=2, per_class=10, size=8):
+  r = np.random.default_rng(0)
+  for c in range(classes):
+    (root / f"class{c}").mkdir(parents=True)
+    for i in range(per_class):
+      pixels = r.integers(0, 256, (size, size, 3), dtype=np.uint8)
+      Image.fromarray(pixels).save(root / f"class{c}" / f"{i}.png")
+
+
+def test_e2e_case_gives_step_and_e2e_rows_and_json(tmp_path):
+  _write_folder(tmp_path / "train")
+  out = tmp_path / "rows.json"
+  # float32 and no augmentation only to keep the CPU compile short.
+  rows = bench.main(["--case", "e2e", "--data-dir", str(tmp_path / "train"), "--depth", "18",
+                     "--width", "0.0625", "--image-size", "8", "--batch", "16",
+                     "--num-classes", "2", "--dtype", "float32", "--augment", "none",
+                     "--devices", "1", "--warmup", "1", "--windows", "2",
+                     "--steps-per-window", "1", "--peak-tflops", "1", "--json", str(out)])
+  assert [r["case"] for r in rows] == ["step", "e2e"]
+  for r in rows:
+    for field in ("images_per_s", "step_ms", "compile_s", "init_s", "mfu", "gflop_per_image",
+                  "xla_temp_bytes"):
+      assert r[field] > 0, field
+    assert r["images_per_step"] == 32 and r["devices"] == 1
+    assert r["peak_bytes"] is None or r["peak_bytes"] > 0  # None: the CPU keeps no statistics
+    assert r["donated"] is True
+    assert r["images_per_s"] == pytest.approx(32 / (r["step_ms"] / 1e3))
+  e2e = rows[1]
+  assert e2e["dataset_images"] == 20
+  assert e2e["ratio_to_step"] == pytest.approx(e2e["images_per_s"] / rows[0]["images_per_s"])
+  written = json.loads(out.read_text())
+  assert written["environment"]["device_kind"] and written["environment"]["jax"]
+  assert [r["case"] for r in written["rows"]] == ["step", "e2e"]
+  assert "| e2e | R18x0.0625 cifar 8px supcon |" in bench.format_table(rows)
+
+
+def test_loss_case(tmp_path):
+  rows = bench.run_case(bench.Case(case="loss", rows=256, block_size=64, warmup=1, windows=2,
+                                   steps_per_window=2))
+  (r,) = rows
+  assert r["rows"] == 256 and r["block_size"] == 64
+  assert r["step_ms"] > 0 and r["compile_s"] > 0 and r["xla_temp_bytes"] > 0
+  assert "supcon loss 256 rows block 64" in bench.format_table(rows)
+
+
+def test_bad_cases_name_the_flag():
+  with pytest.raises(ValueError, match="--rows"):
+    bench.run_case(bench.Case(case="loss", rows=255))
+  with pytest.raises(ValueError, match="--data-dir"):
+    bench.run_case(bench.Case(case="e2e"))
+  with pytest.raises(ValueError, match="--windows"):
+    bench.run_case(bench.Case(case="step", windows=0))
+
+
+def test_issue4_suite_cases():
+  plain = bench.suite_cases("issue4")
+  assert [c[1] for c in plain] == ["step"] * 3 + ["loss"] * 5
+  with_data = bench.suite_cases("issue4", "/data/train")
+  assert [c[1] for c in with_data[:2]] == ["e2e", "e2e"]
+  assert ["--depth", "50", "--stem", "imagenet", "--image-size", "224", "--batch", "128"] == \
+      plain[2][2:10]
+  assert [c[3] for c in plain[3:]] == ["2048", "8192", "16384", "16384", "16384"]
+  assert plain[-1][-2:] == ["--block-size", "2048"]
+
+
+def test_suite_runs_each_case_in_its_own_process(monkeypatch, tmp_path):
+  cases = [["--case", "loss", "--rows", "256"], ["--case", "loss", "--rows", "7"]]
+  monkeypatch.setattr(bench, "suite_cases", lambda name, data_dir: cases)
+  out = tmp_path / "suite.json"
+  rows = bench.main(["--suite", "issue4", "--warmup", "0", "--windows", "1", "--json", str(out)])
+  assert rows[0]["rows"] == 256 and rows[0]["step_ms"] > 0
+  assert rows[1]["error"] == 1  # odd rows: the child exits 1 and the suite goes on
+  written = json.loads(out.read_text())
+  assert written["environment"]["jax"] and len(written["rows"]) == 2
