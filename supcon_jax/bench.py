@@ -42,6 +42,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import ml_collections
 import numpy as np
 
@@ -154,7 +155,6 @@ def peak_tflops(device_kind: str, dtype: str) -> float | None:
 
 
 def environment() -> dict[str, Any]:
-  import jaxlib  # pylint: disable=g-import-not-at-top
   devices = jax.devices()
   return {"device_kind": devices[0].device_kind, "platform": devices[0].platform,
           "device_count": len(devices), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
@@ -234,12 +234,7 @@ def _compiled_step(case: Case, config: ml_collections.ConfigDict, mesh: jax.shar
   state = train.create_state(params, batch_stats, tx, mesh)
   jax.block_until_ready(state)
   init_s = time.perf_counter() - start
-  views = 1 if config.method == "ce" else config.augment.n_views
-  augment = train.augment_for(config, n_views=views)
-  if config.method == "ce":
-    loss_fn = train.cross_entropy_loss_fn(model, augment, config)
-  else:
-    loss_fn = train.contrastive_loss_fn(model, augment, config, mesh)
+  loss_fn, views = train.pretrain_loss_fn(config, model, mesh)
   step = train.make_step(loss_fn, tx, mesh, donate=case.donate)
   rng = np.random.default_rng(0)  # random pixels: zeros can run faster than real images
   batch = sharding.to_global(
@@ -284,8 +279,9 @@ def _step_row(case: Case, fields: dict[str, Any], per_step: list[float], device,
          "augment": case.augment, "optimizer": case.optimizer, "donated": donated,
          "peak_bytes": _memory_stats(device).get("peak_bytes_in_use"),
          **_timing(per_step, images), **fields}
+  head = ("linear", case.num_classes) if case.method == "ce" else ("mlp", 128)
   row["gflop_per_image"] = train_flops_per_image(case.depth, case.width, case.stem,
-                                                 case.image_size) / 1e9
+                                                 case.image_size, *head) / 1e9
   peak = case.peak_tflops or peak_tflops(device.device_kind, case.dtype)
   row["peak_tflops"] = peak
   row["mfu"] = (None if peak is None else
@@ -489,7 +485,8 @@ def _parser() -> argparse.ArgumentParser:
                  help="per-device peak for MFU (default: datasheet rate of the device kind)")
   p.add_argument("--profile-dir", default=d.profile_dir,
                  help="also trace one window with jax.profiler into this folder")
-  p.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS before JAX starts")
+  p.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS before JAX starts; "
+                 "write it with '=': --xla-flags=\"--xla_gpu_autotune_level=4\"")
   p.add_argument("--json", default="", help="write the environment and rows here")
   return p
 

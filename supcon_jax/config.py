@@ -110,6 +110,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.knn.temperature = 0.1
   c.knn.num_train = 5_000  # training images in the memory bank
 
+  # > 0: cut pre-training epochs to what fits in this many seconds for the whole run,
+  # measured after compilation (see budget.py); time_reserve_s is kept for linear eval.
+  c.time_budget_s = 0.0
+  c.time_reserve_s = 60.0
+
   c.log_every_steps = 50
   c.checkpoint_every_steps = 1_000
   c.keep_checkpoints = 3

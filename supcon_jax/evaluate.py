@@ -136,23 +136,38 @@ def _feature_batches(cache: tuple[np.ndarray, np.ndarray], batch_size: int, step
   return stream
 
 
-def plot_embedding(features: np.ndarray, labels: np.ndarray, path: str, *, title: str = "",
-                   max_points: int = 2000, seed: int = 0) -> str:
-  """Saves a 2-D t-SNE of `features` coloured by class as a PNG; returns the path."""
-  # A bare Figure, not pyplot: no global backend switch (notebooks keep theirs).
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  from sklearn.manifold import TSNE  # pylint: disable=g-import-not-at-top
+def embed_2d(x: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, str]:
+  """2-D coordinates of the rows of `x`: t-SNE, or PCA where scikit-learn is not installed."""
+  try:
+    from sklearn.manifold import TSNE  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    centred = x - x.mean(axis=0)
+    return centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T, "PCA"
+  return TSNE(n_components=2, init="pca", random_state=seed,
+              perplexity=min(30.0, (len(x) - 1) / 3)).fit_transform(x), "t-SNE"
 
-  rng = np.random.default_rng(seed)
-  idx = rng.permutation(len(features))[:max_points]
+
+def plot_embedding(features: np.ndarray, labels: np.ndarray, path: str, *, title: str = "",
+                   max_points: int = 2000, seed: int = 0) -> str | None:
+  """Saves a 2-D picture of `features` coloured by class as a PNG; returns its path.
+
+  Returns None (with a warning) where matplotlib is not installed: a missing picture must
+  not fail a finished run.
+  """
+  try:
+    # A bare Figure, not pyplot: no global backend switch (notebooks keep theirs).
+    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    logging.warning("matplotlib is not installed: no embedding picture")
+    return None
+  idx = np.random.default_rng(seed).permutation(len(features))[:max_points]
   x = features[idx] / np.maximum(np.linalg.norm(features[idx], axis=1, keepdims=True), 1e-12)
-  xy = TSNE(n_components=2, init="pca", random_state=seed,
-            perplexity=min(30.0, (len(x) - 1) / 3)).fit_transform(x)
+  xy, how = embed_2d(x, seed=seed)
   fig = Figure(figsize=(5, 5), dpi=120)
   ax = fig.add_subplot()
   sc = ax.scatter(xy[:, 0], xy[:, 1], c=labels[idx], cmap="tab10", s=4)
   ax.legend(*sc.legend_elements(), loc="best", fontsize=6, markerscale=0.6)
-  ax.set_title(title or "t-SNE of r")
+  ax.set_title(f"{title or 'r'} ({how})")
   ax.set_xticks([])
   ax.set_yticks([])
   fig.tight_layout()

@@ -19,8 +19,8 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from supcon_jax import augment, checkpoint, config as config_lib, data, evaluate, metrics, models, optim
-from supcon_jax import sharding, train
+from supcon_jax import augment, budget, checkpoint, config as config_lib, data, evaluate, metrics
+from supcon_jax import models, optim, sharding, train
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -40,6 +40,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   start = time.time()
+  _check_writable(workdir)
   mesh = sharding.make_mesh()
   make = lambda split, batch: data.make_source(config.data, split=split, global_batch=batch,
                                                mesh=mesh, seed=config.seed)
@@ -50,10 +51,14 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   eval_transform = augment.make_eval_transform(mean=config.data.mean, std=config.data.std)
   results: dict[str, Any] = {"method": config.method}
   try:
-    state, train_info = _pretrain(config, workdir, mesh, model, train_source, eval_source, writer)
+    state, train_info = _pretrain(config, workdir, mesh, model, train_source, eval_source, writer,
+                                  start)
     results.update(train_info)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    eval_r = evaluate.encode(model.apply, variables, eval_source.eval_batches(), eval_transform)
+    # A contrastive stage=pretrain evaluates nothing: skip encoding the eval split.
+    pretrain_only = config.stage == "pretrain" and config.method != "ce"
+    eval_r = None if pretrain_only else evaluate.encode(
+        model.apply, variables, eval_source.eval_batches(), eval_transform)
     if config.method == "ce":
       logits = _ce_logits(model, variables, eval_source, eval_transform)
       acc = evaluate.classify_top_k(logits[0], logits[1])
@@ -69,7 +74,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       results["knn_top1"] = _knn(config, model, variables, train_source, eval_r, eval_transform)
       if config.embedding_plot and jax.process_index() == 0:
         evaluate.plot_embedding(*eval_r, os.path.join(workdir, "embedding.png"),
-                                title=f"{config.method}: t-SNE of r (eval split)", seed=config.seed)
+                                title=f"{config.method}: r on the eval split", seed=config.seed)
   finally:
     writer.close()
   results["wall_time_s"] = time.time() - start
@@ -79,12 +84,29 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   return results
 
 
-def _pretrain(config, workdir, mesh, model, train_source, eval_source, writer):
+def _check_writable(workdir: str) -> None:
+  """Fails before any work, naming the workdir, if it cannot be created or written."""
+  probe = epath.Path(workdir) / f".write_test.{jax.process_index()}"
+  try:
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    probe.write_text("")
+    probe.unlink()
+  except OSError as e:
+    raise ValueError(f"workdir {workdir} cannot be written: {e}") from e
+
+
+def _pretrain(config, workdir, mesh, model, train_source, eval_source, writer, started):
   """Pre-training (or CE training); with stage=linear, only restores its final state."""
   steps_per_epoch = train_source.steps_per_epoch
-  total = int(config.epochs * steps_per_epoch)
-  tx, schedule = optim.make_optimizer(config.optim, batch_size=config.batch_size,
-                                      steps_per_epoch=steps_per_epoch, total_steps=total)
+  loss_fn, views = train.pretrain_loss_fn(config, model, mesh)
+
+  def build(epochs):
+    total = int(epochs * steps_per_epoch)
+    tx, schedule = optim.make_optimizer(config.optim, batch_size=config.batch_size,
+                                        steps_per_epoch=steps_per_epoch, total_steps=total)
+    return total, tx, schedule, train.make_step(loss_fn, tx, mesh)
+
+  total, tx, schedule, step = build(config.epochs)
   rng = jax.random.PRNGKey(config.seed)
   params, batch_stats = train.init_model(model, config.seed, train_source.image_shape, mesh)
   state = train.create_state(params, batch_stats, tx, mesh)
@@ -100,23 +122,24 @@ def _pretrain(config, workdir, mesh, model, train_source, eval_source, writer):
                               f"{ckpt.directory}")
     ckpt.close()
     return state, {"pretrain_steps": int(state.step)}
-  views = 1 if config.method == "ce" else config.augment.n_views
-  aug = train.augment_for(config, n_views=views)
-  if config.method == "ce":
-    loss_fn = train.cross_entropy_loss_fn(model, aug, config)
-  else:
-    loss_fn = train.contrastive_loss_fn(model, aug, config, mesh)
+  epochs = config.epochs
+  if config.time_budget_s:
+    epochs = budget.plan_epochs(
+        config, workdir, started=started, steps_per_epoch=steps_per_epoch,
+        probe=lambda: budget.measure_step_seconds(step, state, train_source.train_batches(), rng))
+    if epochs != config.epochs:
+      total, tx, schedule, step = build(epochs)
   loop = train.Loop(
       name=config.method, num_steps=total, steps_per_epoch=steps_per_epoch,
       images_per_step=config.batch_size * views, ckpt=ckpt, writer=writer,
       log_every=config.log_every_steps, skip_nonfinite=config.skip_nonfinite, schedule=schedule,
-      every_epoch=_monitor(config, model, train_source, eval_source))
+      every_epoch=_monitor(config, model, train_source, eval_source), started=started)
   t0 = time.time()
   first = int(state.step)
-  state = train.fit(loop, state, train.make_step(loss_fn, tx, mesh), train_source.train_batches, rng)
+  state = train.fit(loop, state, step, train_source.train_batches, rng)
   ckpt.close()
   seconds = time.time() - t0
-  return state, {"pretrain_steps": total, "epochs": config.epochs, "train_time_s": seconds,
+  return state, {"pretrain_steps": total, "epochs": epochs, "train_time_s": seconds,
                  "images_per_sec": (total - first) * config.batch_size * views / max(seconds, 1e-9)}
 
 

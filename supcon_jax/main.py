@@ -20,14 +20,17 @@ flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl, TensorBoard ev
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first: one process "
                   "per host on a TPU pod slice or a GPU cluster (it reads the cluster from the "
                   "environment).")
+flags.DEFINE_string("coordinator_address", None, "With --distributed: host:port of process 0, "
+                    "for a cluster JAX does not detect (also read from JAX_COORDINATOR_ADDRESS).")
+flags.DEFINE_integer("num_processes", None, "With --distributed: the number of processes.")
+flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.")
 flags.DEFINE_bool("dry_run", False, "Check and print the resolved config, then exit.")
 config_flags.DEFINE_config_file("config", None, "A config file with get_config().",
                                  lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Errors caused by the user's input or environment: one line, exit code 1, no traceback.
-_USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
-                checkpoint.CheckpointError, train.NonFiniteError)
+_USER_ERRORS = (ValueError, OSError, checkpoint.CheckpointError, train.NonFiniteError)
 
 
 def main(argv: list[str]) -> None:
@@ -41,7 +44,8 @@ def main(argv: list[str]) -> None:
       print(f"workdir: {FLAGS.workdir}")
       return
     if FLAGS.distributed:
-      jax.distributed.initialize()
+      jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                                 FLAGS.process_id)
     logging.info("JAX %s, %d processes, devices: %s", jax.__version__, jax.process_count(),
                  jax.devices())
     experiment.train_and_evaluate(config, FLAGS.workdir)
@@ -49,9 +53,29 @@ def main(argv: list[str]) -> None:
     logging.warning("%s", e)  # exit 0: the scheduler restarts the job, which resumes
   except _USER_ERRORS as e:
     logging.error("%s: %s", type(e).__name__, e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    _fail(str(e))
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad flag or `--config.` override reported in one line."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e))
+  except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+    # ml_collections reports an unknown field as a KeyError (with a did-you-mean hint)
+    # wrapped in an AttributeError.
+    while isinstance(e, AttributeError) and isinstance(e.__context__, KeyError):
+      e = e.__context__
+    text = e.args[0] if isinstance(e, KeyError) and e.args else e
+    _fail(f"bad --config: {text}")
+
+
+def _fail(message: str) -> None:
+  """One line on stderr, exit code 1: the message of a user error, not a traceback."""
+  print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+  sys.exit(1)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

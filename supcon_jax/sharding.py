@@ -59,5 +59,17 @@ def to_global(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-  """Places a pytree (parameters, optimiser state) whole on every device of the mesh."""
-  return jax.device_put(tree, replicated(mesh))
+  """Places a pytree (parameters, optimiser state) whole on every device of the mesh.
+
+  Every process passes the same values; a leaf already replicated over the mesh is kept.
+  """
+  sharding = replicated(mesh)
+
+  def put(x):
+    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+      return x
+    # device_put cannot reach other processes' devices; each process fills its own.
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree.map(put, tree)

@@ -73,7 +73,7 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, mesh: ja
   """Compiles `train_step(state, batch, rng, *frozen) -> (state, metrics)`.
 
   `loss_fn(params, batch_stats, batch, rng, *frozen) -> (loss, new_batch_stats)`. The step
-  key is `fold_in(rng, state.step)`. An update with a non-finite loss or gradient is
+  key is `fold_in(rng, state.step)`. An update with a non-finite loss, gradient or result is
   dropped (the state keeps its values) and counted; the loop decides whether to stop.
   """
 
@@ -84,7 +84,9 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, mesh: ja
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # The new parameters too: a huge but finite update can still overflow them.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jax.tree.reduce(
+        jnp.logical_and, jax.tree.map(lambda p: jnp.isfinite(p).all(), params))
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     state = state.replace(
         step=state.step + 1,
@@ -137,6 +139,16 @@ def cross_entropy_loss_fn(model: flax.linen.Module, augment_fn: Callable,
     return loss, updates["batch_stats"]
 
   return loss_fn
+
+
+def pretrain_loss_fn(config: ml_collections.ConfigDict, model: flax.linen.Module,
+                     mesh: jax.sharding.Mesh) -> tuple[LossFn, int]:
+  """The loss of `config.method` on its augmented views, and the views per image."""
+  views = 1 if config.method == "ce" else config.augment.n_views
+  aug = augment_for(config, n_views=views)
+  if config.method == "ce":
+    return cross_entropy_loss_fn(model, aug, config), views
+  return contrastive_loss_fn(model, aug, config, mesh), views
 
 
 def augment_for(config: ml_collections.ConfigDict, *, policy: str | None = None,
@@ -201,6 +213,7 @@ class Loop:
   skip_nonfinite: bool
   schedule: Callable[[int], Any] | None = None
   every_epoch: Callable[[int, TrainState], dict[str, float]] | None = None  # e.g. kNN monitor
+  started: float = dataclasses.field(default_factory=time.time)  # for elapsed_s in the metrics
 
 
 def resume(state: TrainState, ckpt: checkpoint.Checkpointer) -> TrainState:
@@ -228,10 +241,10 @@ def fit(loop: Loop, state: TrainState, step_fn: Callable, batches: Callable[[int
       epoch_end = done % loop.steps_per_epoch == 0
       if (done % loop.log_every == 0 or done == loop.num_steps or stop or epoch_end
           or loop.ckpt.due(done)):
+        values = {k: float(v) for k, v in acc.compute().items()}  # waits for the steps
         now = time.time()
         rate = loop.images_per_step * (done - last_log) / max(now - last_time, 1e-9)
-        values = {k: float(v) for k, v in acc.compute().items()}
-        values.update(images_per_sec=rate,
+        values.update(images_per_sec=rate, elapsed_s=now - loop.started,
                       lr=float(loop.schedule(done - 1)) if loop.schedule else 0.0)
         values["nonfinite_steps"] = _check_finite(loop, state)
         if epoch_end and loop.every_epoch is not None:
@@ -256,9 +269,11 @@ def _check_finite(loop: Loop, state: TrainState) -> int:
   """The count of non-finite steps so far; raises unless the config skips them."""
   bad = int(state.nonfinite_steps)
   if bad and not loop.skip_nonfinite:
+    loop.ckpt.wait()  # so the message names the newest checkpoint actually written
     good = loop.ckpt.steps()
     raise NonFiniteError(
-        f"[{loop.name}] non-finite loss or gradient at step {int(state.first_nonfinite)}; "
+        # +1: steps are numbered as in the log and the checkpoints, by how many have run.
+        f"[{loop.name}] non-finite loss or gradient at step {int(state.first_nonfinite) + 1}; "
         f"last good checkpoint: {f'step {good[-1]} in {loop.ckpt.directory}' if good else 'none'}"
         " (set config.skip_nonfinite=True to skip such steps)")
   return bad

@@ -23,8 +23,8 @@ from supcon_jax.data.base import Source, check_labels, check_num_classes, strati
 DIGITS_EVAL_PER_CLASS = 36  # digits: ~20% of its ~180 images per class held out for eval
 
 
-def _permutation(key, epoch, *, n):
-  return jax.random.permutation(jax.random.fold_in(key, epoch), n)
+def _permutation(epoch, *, seed, n):
+  return jax.random.permutation(jax.random.fold_in(jax.random.key(seed), epoch), n)
 
 
 def _train_batch(images, labels, perm, start, *, size):
@@ -56,12 +56,9 @@ class ArraySource(Source):
     self.image_shape = tuple(images.shape[1:])
     self.global_batch, self.skipped = global_batch, skipped
     self._mesh = mesh
-    replicated = sharding.replicated(mesh)
-    self._images = jax.device_put(images, replicated)
-    self._labels = jax.device_put(labels, replicated)
-    self._key = jax.device_put(jax.random.key(seed), replicated)
-    self._permute = jax.jit(functools.partial(_permutation, n=self.num_examples),
-                            out_shardings=replicated)
+    self._images, self._labels = sharding.replicate((images, labels), mesh)
+    self._permute = jax.jit(functools.partial(_permutation, seed=seed, n=self.num_examples),
+                            out_shardings=sharding.replicated(mesh))
     self._compiled = {}
 
   @classmethod
@@ -84,7 +81,7 @@ class ArraySource(Source):
     while True:
       if step // spe != epoch:
         epoch = step // spe
-        perm = self._permute(self._key, epoch)
+        perm = self._permute(epoch)
       yield gather(self._images, self._labels, perm, (step % spe) * self.global_batch)
       step += 1
 
