@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -66,13 +68,29 @@ def test_all_methods_write_outputs(tmp_path):
     assert set(json.load(f)) == {"supcon", "simclr", "ce"}
 
 
-def test_rerun_resumes_at_the_saved_step(tmp_path):
+_WITHOUT_TENSORFLOW = """
+import json, sys
+
+# As if not installed: `import` raises ImportError and importlib.util.find_spec gives None.
+for name in ("tensorflow", "tensorflow_datasets", "tensorboard"):
+  sys.modules[name] = None
+import ml_collections
+from supcon_jax import experiment
+config = ml_collections.ConfigDict(json.loads(sys.argv[1]))
+experiment.train_and_evaluate(config, sys.argv[2])
+assert not [m for m, v in sys.modules.items() if m.startswith("tensorflow") and v is not None]
+"""
+
+
+def test_rerun_resumes_at_the_saved_step_without_tensorflow(tmp_path):
   workdir = str(tmp_path)
   config = tiny_config("supcon")
   config.stage = "pretrain"
   experiment.train_and_evaluate(config, workdir)
   config.epochs = 4 / 22
-  experiment.train_and_evaluate(config, workdir)
+  # The second run: the core trainer on in-memory data where TensorFlow cannot be imported.
+  subprocess.run([sys.executable, "-c", _WITHOUT_TENSORFLOW, config.to_json(), workdir],
+                 check=True, timeout=600)
   steps = [r["step"] for r in _jsonl(os.path.join(workdir, "metrics.jsonl"))]
   assert steps == [1, 2, 3, 4]  # the second run started at step 2, not 0
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]

@@ -84,12 +84,16 @@ def _norm(train: bool, dtype: Any, name: str, zero_scale: bool = False) -> nn.Ba
                       scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones)
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convs (ResNet-18/34)."""
+class _Block(nn.Module):
+  """The fields every residual block has."""
   channels: int
   strides: int = 1
   zero_init_residual: bool = False
   dtype: Any = jnp.float32
+
+
+class BasicBlock(_Block):
+  """Two 3x3 convs (ResNet-18/34)."""
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -100,16 +104,12 @@ class BasicBlock(nn.Module):
     return nn.relu(y + _shortcut(x, self.channels, self.strides, train, self.dtype))
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(_Block):
   """1x1 reduce, 3x3, 1x1 expand (x4) (ResNet-50+).
 
   The stride sits in the 3x3 conv, not the first 1x1 ("ResNet v1.5", as torchvision and the Flax
   ImageNet example do): same parameters, slightly more accurate than the paper's placement.
   """
-  channels: int
-  strides: int = 1
-  zero_init_residual: bool = False
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
