@@ -54,18 +54,24 @@ class Checkpointer:
                               meta=ocp.args.JsonSave(self.meta))
     self._manager.save(step, args=args, force=True)
 
-  def restore_latest(self, abstract_state: Any) -> tuple[int, Any] | None:
+  def restore_latest(self, abstract_state: Any, *, step: int | None = None
+                     ) -> tuple[int, Any] | None:
     """Restores the newest readable checkpoint into the shardings of `abstract_state`.
 
     Returns None when the directory holds no checkpoint. A checkpoint that cannot be
     read is skipped for the one before it, with a warning; if none can be read, raises
-    `CheckpointError` naming the directory rather than silently starting afresh.
+    `CheckpointError` naming the directory rather than silently starting afresh. With
+    `step`, restores exactly that checkpoint (FileNotFoundError if it is not there).
     """
     steps = self.steps()
+    if step is not None:
+      if step not in steps:
+        raise FileNotFoundError(f"no checkpoint {step} in {self.directory}; it has {steps}")
+      steps = [step]
     if not steps:
       return None
     unreadable = []
-    for step in reversed(steps):
+    for step in reversed(steps):  # pylint: disable=redefined-argument-from-local
       try:
         meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
       except Exception as e:  # noqa: BLE001  orbax raises many kinds for a damaged step.

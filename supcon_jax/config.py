@@ -29,6 +29,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.method = "supcon"  # supcon | simclr (labels unused) | ce (cross-entropy baseline)
   c.stage = "all"  # all | pretrain | linear (linear evaluation of a saved pre-training)
   c.pretrain_workdir = ""  # stage=linear: take the encoder from here ("" = this workdir)
+  c.pretrain_step = 0  # stage=linear: that pre-training checkpoint (0 = the newest)
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "arrays"  # tfds | folder | arrays

@@ -115,8 +115,9 @@ def _pretrain(config, workdir, mesh, model, train_source, eval_source, writer, s
   ckpt = checkpoint.Checkpointer(os.path.join(source_dir, "checkpoints"),
                                  every_steps=config.checkpoint_every_steps,
                                  keep=config.keep_checkpoints, meta=meta)
-  state = train.resume(state, ckpt)
-  if config.stage == "linear" and config.method != "ce":
+  linear_only = config.stage == "linear" and config.method != "ce"
+  state = train.resume(state, ckpt, step=(config.pretrain_step or None) if linear_only else None)
+  if linear_only:
     if int(state.step) == 0:
       raise FileNotFoundError(f"stage=linear needs a pre-training checkpoint; none in "
                               f"{ckpt.directory}")

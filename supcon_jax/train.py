@@ -216,8 +216,10 @@ class Loop:
   started: float = dataclasses.field(default_factory=time.time)  # for elapsed_s in the metrics
 
 
-def resume(state: TrainState, ckpt: checkpoint.Checkpointer) -> TrainState:
-  restored = ckpt.restore_latest(checkpoint.abstract(state))
+def resume(state: TrainState, ckpt: checkpoint.Checkpointer, step: int | None = None
+           ) -> TrainState:
+  """The newest checkpoint of `ckpt` (or its `step`), else `state` unchanged."""
+  restored = ckpt.restore_latest(checkpoint.abstract(state), step=step)
   return state if restored is None else restored[1]
 
 

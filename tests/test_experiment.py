@@ -67,6 +67,18 @@ def test_all_methods_write_outputs(tmp_path):
   with open(os.path.join(workdir, "results.json")) as f:
     assert set(json.load(f)) == {"supcon", "simclr", "ce"}
 
+  # A separate linear evaluation of a chosen pre-training checkpoint, in another workdir.
+  linear = tiny_config("supcon")
+  linear.stage = "linear"
+  linear.pretrain_workdir = os.path.join(workdir, "supcon")
+  linear.pretrain_step = 2
+  again = experiment.train_and_evaluate(linear, os.path.join(workdir, "linear_only"))
+  assert again["pretrain_steps"] == 2
+  assert 0.0 <= again["linear_eval_top1"] <= 100.0
+  linear.pretrain_step = 7
+  with pytest.raises(FileNotFoundError, match="no checkpoint 7"):
+    experiment.train_and_evaluate(linear, os.path.join(workdir, "linear_7"))
+
 
 _WITHOUT_TENSORFLOW = """
 import json, sys
