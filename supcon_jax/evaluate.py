@@ -69,8 +69,13 @@ def classify_top_k(logits: np.ndarray | jax.Array, labels: np.ndarray) -> dict[s
 
 def linear_evaluation(config: ml_collections.ConfigDict, *, encoder_apply: Callable,
                       encoder_vars: Any, train_source: Any, eval_features: tuple[np.ndarray, np.ndarray],
-                      mesh: jax.sharding.Mesh, workdir: str, writer: metrics.Writer) -> dict[str, float]:
-  """Trains a linear classifier on the frozen representation; top-1/top-5 on the eval split."""
+                      mesh: jax.sharding.Mesh, workdir: str, writer: metrics.Writer,
+                      encoder: str) -> dict[str, float]:
+  """Trains a linear classifier on the frozen representation; top-1/top-5 on the eval split.
+
+  `encoder` names the pre-training checkpoint (directory/step): the classifier's own
+  checkpoints live under it, so a classifier is never resumed on another encoder.
+  """
   lin = config.linear
   classifier = heads.LinearClassifier(num_classes=config.data.num_classes)
   feat_dim = eval_features[0].shape[1]
@@ -82,10 +87,10 @@ def linear_evaluation(config: ml_collections.ConfigDict, *, encoder_apply: Calla
   tx, schedule = optim.make_optimizer(lin.optim, batch_size=lin.batch_size,
                                       steps_per_epoch=steps_per_epoch, total_steps=total)
   state = train.create_state(params, {}, tx, mesh)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "linear_checkpoints"),
-                                 every_steps=config.checkpoint_every_steps,
-                                 keep=config.keep_checkpoints,
-                                 meta={"model": {"linear_on": feat_dim}})
+  ckpt = checkpoint.Checkpointer(
+      os.path.join(workdir, "linear_checkpoints", encoder.rsplit("/", 1)[-1]),
+      every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints,
+      meta={"model": {"linear_on": feat_dim, "encoder": encoder}})
   state = train.resume(state, ckpt)
 
   def ce(params, r, labels):
@@ -94,7 +99,7 @@ def linear_evaluation(config: ml_collections.ConfigDict, *, encoder_apply: Calla
   if lin.augment == "none":
     cache = encode(encoder_apply, encoder_vars, train_source.eval_batches(),
                    augment.make_eval_transform(mean=config.data.mean, std=config.data.std))
-    batches = _feature_batches(cache, lin.batch_size, steps_per_epoch, config.seed, mesh)
+    batches = _feature_batches(cache, lin.batch_size, config.seed, mesh)
     loss_fn = lambda p, bs, batch, rng: (ce(p, batch["repr"], batch["label"]), bs)
     frozen = ()
   else:
@@ -116,20 +121,22 @@ def linear_evaluation(config: ml_collections.ConfigDict, *, encoder_apply: Calla
   return classify_top_k(logits, eval_features[1])
 
 
-def _feature_batches(cache: tuple[np.ndarray, np.ndarray], batch_size: int, steps_per_epoch: int,
-                     seed: int, mesh: jax.sharding.Mesh) -> Callable[[int], Iterator[dict]]:
+def _feature_batches(cache: tuple[np.ndarray, np.ndarray], batch_size: int, seed: int,
+                     mesh: jax.sharding.Mesh) -> Callable[[int], Iterator[dict]]:
   """A resumable stream of shuffled batches of cached (r, label), drawn on the device."""
-  feats = jax.device_put(jnp.asarray(cache[0]), sharding.replicated(mesh))
-  labels = jax.device_put(jnp.asarray(cache[1], jnp.int32), sharding.replicated(mesh))
+  feats, labels = sharding.replicate((cache[0], cache[1].astype(np.int32)), mesh)
   take = jax.jit(lambda idx: {"repr": feats[idx], "label": labels[idx]},
                  out_shardings=sharding.batch_sharding(mesh))
   n = cache[0].shape[0]
+  per_epoch = n // batch_size  # the cache can be short of num_examples if images were skipped
 
   def stream(start_step: int) -> Iterator[dict]:
-    step = start_step
+    step, epoch, order = start_step, None, None
     while True:
-      epoch, pos = divmod(step, steps_per_epoch)
-      order = np.random.default_rng((seed, epoch)).permutation(n)
+      if step // per_epoch != epoch:
+        epoch = step // per_epoch
+        order = np.random.default_rng((seed, epoch)).permutation(n)
+      pos = step % per_epoch
       yield take(order[pos * batch_size:(pos + 1) * batch_size])
       step += 1
 

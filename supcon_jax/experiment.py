@@ -66,7 +66,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       acc = evaluate.linear_evaluation(
           config, encoder_apply=model.apply, encoder_vars=variables,
           train_source=make("train", config.linear.batch_size), eval_features=eval_r,
-          mesh=mesh, workdir=workdir, writer=writer)
+          mesh=mesh, workdir=workdir, writer=writer,
+          encoder=f"{train_info['encoder']}/{train_info['pretrain_steps']}")
     else:
       acc = None
     if acc is not None:
@@ -101,7 +102,7 @@ def _pretrain(config, workdir, mesh, model, train_source, eval_source, writer, s
   loss_fn, views = train.pretrain_loss_fn(config, model, mesh)
 
   def build(epochs):
-    total = int(epochs * steps_per_epoch)
+    total = max(1, int(epochs * steps_per_epoch))  # as the linear stage: never 0 steps
     tx, schedule = optim.make_optimizer(config.optim, batch_size=config.batch_size,
                                         steps_per_epoch=steps_per_epoch, total_steps=total)
     return total, tx, schedule, train.make_step(loss_fn, tx, mesh)
@@ -110,19 +111,19 @@ def _pretrain(config, workdir, mesh, model, train_source, eval_source, writer, s
   rng = jax.random.PRNGKey(config.seed)
   params, batch_stats = train.init_model(model, config.seed, train_source.image_shape, mesh)
   state = train.create_state(params, batch_stats, tx, mesh)
-  source_dir = config.pretrain_workdir or workdir
+  linear_only = config.stage == "linear" and config.method != "ce"
+  source_dir = (config.pretrain_workdir if linear_only else "") or workdir
   meta = json.loads(json.dumps({"model": config.model.to_dict(), "method": config.method}))
   ckpt = checkpoint.Checkpointer(os.path.join(source_dir, "checkpoints"),
                                  every_steps=config.checkpoint_every_steps,
                                  keep=config.keep_checkpoints, meta=meta)
-  linear_only = config.stage == "linear" and config.method != "ce"
   state = train.resume(state, ckpt, step=(config.pretrain_step or None) if linear_only else None)
   if linear_only:
     if int(state.step) == 0:
       raise FileNotFoundError(f"stage=linear needs a pre-training checkpoint; none in "
                               f"{ckpt.directory}")
     ckpt.close()
-    return state, {"pretrain_steps": int(state.step)}
+    return state, {"pretrain_steps": int(state.step), "encoder": ckpt.directory}
   epochs = config.epochs
   if config.time_budget_s:
     epochs = budget.plan_epochs(
@@ -140,7 +141,8 @@ def _pretrain(config, workdir, mesh, model, train_source, eval_source, writer, s
   state = train.fit(loop, state, step, train_source.train_batches, rng)
   ckpt.close()
   seconds = time.time() - t0
-  return state, {"pretrain_steps": total, "epochs": epochs, "train_time_s": seconds,
+  return state, {"pretrain_steps": total, "encoder": ckpt.directory, "epochs": epochs,
+                 "train_time_s": seconds,
                  "images_per_sec": (total - first) * config.batch_size * views / max(seconds, 1e-9)}
 
 

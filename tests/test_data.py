@@ -392,3 +392,22 @@ def test_jpeg_crop_decodes_only_the_window_with_the_same_result():
   full = tfdata.random_crop(encoded, seed, 16, (0.08, 1.0), jpeg=False).numpy()
   np.testing.assert_array_equal(window, full)
   assert window.shape == (16, 16, 3) and window.std() > 1
+
+
+def test_eval_sample_is_spread_over_classes_not_the_first_rows():
+  # Sorted by class, as image folders are: the first 20 rows are all class 0.
+  labels = np.repeat(np.arange(4), 20).astype(np.int32)
+  images = np.zeros((80, 8, 8, 3), np.uint8)
+  images[..., 0] = np.arange(80)[:, None, None]
+  source = ArraySource.from_arrays(images, labels, num_classes=4, global_batch=8,
+                                   mesh=sharding.make_mesh(8))
+  got = [b for b in source.eval_batches(max_examples=20)]
+  ids = np.concatenate([np.asarray(b["image"])[np.asarray(b["mask"]) > 0, 0, 0, 0] for b in got])
+  assert len(ids) == len(set(ids.tolist())) == 20
+  assert len(set(labels[ids].tolist())) > 1
+  again = np.concatenate([np.asarray(b["image"])[np.asarray(b["mask"]) > 0, 0, 0, 0]
+                          for b in source.eval_batches(max_examples=20)])
+  np.testing.assert_array_equal(ids, again)  # a fixed sample
+  full = np.concatenate([np.asarray(b["image"])[np.asarray(b["mask"]) > 0, 0, 0, 0]
+                         for b in source.eval_batches()])
+  np.testing.assert_array_equal(full, np.arange(80))  # the whole split stays in order

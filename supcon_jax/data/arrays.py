@@ -21,6 +21,7 @@ from supcon_jax import sharding
 from supcon_jax.data.base import Source, check_labels, check_num_classes, stratified_holdout
 
 DIGITS_EVAL_PER_CLASS = 36  # digits: ~20% of its ~180 images per class held out for eval
+_SAMPLE_STREAM = 2**31 - 1  # the permutation "epoch" that picks eval_batches' fixed sample
 
 
 def _permutation(epoch, *, seed, n):
@@ -32,10 +33,10 @@ def _train_batch(images, labels, perm, start, *, size):
   return {"image": images[idx], "label": labels[idx]}
 
 
-def _eval_batch(images, labels, start, limit, *, size):
+def _eval_batch(images, labels, order, start, limit, *, size):
   idx = start + jnp.arange(size)
   real = idx < limit
-  idx = jnp.where(real, idx, 0)
+  idx = order[jnp.where(real, idx, 0)]
   return {"image": images[idx], "label": jnp.where(real, labels[idx], 0),
           "mask": real.astype(jnp.float32)}
 
@@ -90,9 +91,12 @@ class ArraySource(Source):
     batch_size = batch_size or self.global_batch
     sharding.check_batch_size(batch_size, self._mesh)
     limit = self.num_examples if max_examples is None else min(max_examples, self.num_examples)
+    # All examples in order, or a fixed sample of `limit` (the data may be sorted by class).
+    order = (self._permute(_SAMPLE_STREAM) if limit < self.num_examples
+             else jnp.arange(self.num_examples))
     gather = self._jit(_eval_batch, batch_size)
     for start in range(0, limit, batch_size):
-      yield gather(self._images, self._labels, start, limit)
+      yield gather(self._images, self._labels, order, start, limit)
 
 
 def load_digits(image_size: int, *, split: str, per_class: int = DIGITS_EVAL_PER_CLASS,

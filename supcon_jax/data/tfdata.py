@@ -215,7 +215,11 @@ class TfDataSource(Source):
     hb = sharding.host_batch_size(batch_size or self.global_batch, self._mesh)
     limits = _host_limits(self._host_counts, max_examples)
     own, num_batches = limits[jax.process_index()], -(-max(limits) // hb)
-    ds = self._records.take(own).map(self._eval_example, num_parallel_calls=tf.data.AUTOTUNE)
+    records = self._records
+    if max_examples is not None and max_examples < self.num_examples:
+      # A fixed sample, not the first records: folders list their files class by class.
+      records = self._epoch_order(-1)
+    ds = records.take(own).map(self._eval_example, num_parallel_calls=tf.data.AUTOTUNE)
     if self._skip_bad:
       ds = ds.ignore_errors()
     size = self._config.image_size
@@ -229,7 +233,7 @@ class TfDataSource(Source):
       try:
         batch = next(batches)
       except tf.errors.OpError as err:
-        self._name_culprit(err, self._records, b * hb, hb)
+        self._name_culprit(err, records, b * hb, hb)
       real += int(batch["mask"].sum())
       yield sharding.to_global(batch, self._mesh)
     self._count_skipped(own - real)
