@@ -65,7 +65,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     elif config.stage in ("all", "linear"):
       acc = evaluate.linear_evaluation(
           config, encoder_apply=model.apply, encoder_vars=variables,
-          train_source=make("train", config.linear.batch_size), eval_features=eval_r,
+          train_source=(train_source if config.linear.batch_size == config.batch_size
+                        else make("train", config.linear.batch_size)),
+          eval_features=eval_r,
           mesh=mesh, workdir=workdir, writer=writer,
           encoder=f"{train_info['encoder']}/{train_info['pretrain_steps']}")
     else:

@@ -130,12 +130,9 @@ def supcon_loss(features: jax.Array, labels: jax.Array | None = None, *,
 def sharded_supcon_loss(features: jax.Array, labels: jax.Array | None, mesh: Mesh, *,
                         axis_name: str = "data", **kwargs: Any) -> jax.Array:
   """`supcon_loss` on batch-sharded global arrays, each device contrasting its own anchors."""
-  if labels is None:
-    return jax.shard_map(lambda f: supcon_loss(f, None, axis_name=axis_name, **kwargs),
-                         mesh=mesh, in_specs=P(axis_name), out_specs=P())(features)
-  return jax.shard_map(lambda f, l: supcon_loss(f, l, axis_name=axis_name, **kwargs),
-                       mesh=mesh, in_specs=(P(axis_name), P(axis_name)),
-                       out_specs=P())(features, labels)
+  args = (features,) if labels is None else (features, labels)  # shard_map takes no None
+  return jax.shard_map(lambda f, l=None: supcon_loss(f, l, axis_name=axis_name, **kwargs),
+                       mesh=mesh, in_specs=(P(axis_name),) * len(args), out_specs=P())(*args)
 
 
 def cross_entropy_loss(logits: jax.Array, labels: jax.Array, *, label_smoothing: float = 0.0,

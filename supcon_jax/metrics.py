@@ -27,15 +27,6 @@ class TrainMetrics(metrics.Collection):
   nonfinite: metrics.Average.from_output("nonfinite")  # fraction of steps skipped
 
 
-def _hide_accelerators_from_tensorflow():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  for kind in ("GPU", "TPU"):
-    try:
-      tf.config.set_visible_devices([], kind)
-    except (RuntimeError, ValueError):  # already initialised, or no such device type
-      pass
-
-
 class Writer:
   """Scalars to metrics.jsonl, the log, and TensorBoard (if TensorFlow is available)."""
 
@@ -50,7 +41,8 @@ class Writer:
     self._jsonl = (path / "metrics.jsonl").open("a")
     if tensorboard:
       try:
-        _hide_accelerators_from_tensorflow()
+        # tfdata imports TensorFlow with the GPUs/TPUs hidden from it, before clu does.
+        from supcon_jax.data import tfdata  # pylint: disable=g-import-not-at-top,unused-import
         from clu import metric_writers  # pylint: disable=g-import-not-at-top
         self._tb = metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"))
       except ImportError:
