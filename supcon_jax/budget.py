@@ -55,13 +55,14 @@ def plan_epochs(config: Any, workdir: str, *, started: float,
   compile_s, step_s = probe()
   # A shorter schedule compiles a second step; the reserve covers the linear stage and evals.
   left = config.time_budget_s - (time.time() - started) - compile_s - config.time_reserve_s
+  # Hosts time their steps differently; all must decide alike, from host 0's timings (and
+  # fail alike, rather than one host raising while the others wait).
+  compile_s, step_s, left = (float(v) for v in multihost_utils.broadcast_one_to_all(
+      np.array([compile_s, step_s, left], np.float64)))
   epochs = epochs_that_fit(max_epochs=config.epochs, seconds_left=left, step_seconds=step_s,
                            steps_per_epoch=steps_per_epoch)
   info = {"epochs": epochs, "step_seconds": step_s, "compile_seconds": compile_s,
           "seconds_left_for_pretraining": left, "budget_s": config.time_budget_s}
-  # Hosts time their steps differently; all must train the same schedule: host 0's.
-  epochs = float(multihost_utils.broadcast_one_to_all(np.float32(epochs)))
-  info["epochs"] = epochs
   logging.info("time budget: %s", info)
   if jax.process_index() == 0:
     record.parent.mkdir(parents=True, exist_ok=True)
