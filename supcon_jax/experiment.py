@@ -20,7 +20,7 @@ import numpy as np
 from etils import epath
 
 from supcon_jax import augment, budget, checkpoint, config as config_lib, data, evaluate, metrics
-from supcon_jax import models, optim, sharding, train
+from supcon_jax import models, optim, report, sharding, train
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     sub.method = method
     results[method] = _run(sub, os.path.join(workdir, method))
   _write_json(os.path.join(workdir, "results.json"), results)
-  print(format_table(results), flush=True)
+  print(report.table(results), flush=True)
   return results
 
 
@@ -178,16 +178,6 @@ def _knn(config, model, variables, train_source, eval_r, transform) -> float:
 def _ce_logits(model, variables, source, transform) -> tuple[np.ndarray, np.ndarray]:
   fn = lambda v, x, train: {"repr": model.apply(v, x, train=train)["logits"]}
   return evaluate.encode(fn, variables, source.eval_batches(), transform)
-
-
-def format_table(results: dict[str, dict[str, Any]]) -> str:
-  rows = ["| method | linear-eval top-1 | top-5 | kNN top-1 | wall time (s) |",
-          "| --- | --- | --- | --- | --- |"]
-  for method, r in results.items():
-    rows.append(f"| {method} | {r.get('linear_eval_top1', float('nan')):.2f} | "
-                f"{r.get('linear_eval_top5', float('nan')):.2f} | "
-                f"{r.get('knn_top1', float('nan')):.2f} | {r.get('wall_time_s', 0):.0f} |")
-  return "\n".join(rows)
 
 
 def _write_json(path: str, obj: Any) -> None:

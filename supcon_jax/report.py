@@ -25,14 +25,16 @@ def load_run(workdir: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
   return results, rows
 
 
-def table(runs: dict[str, str]) -> str:
+def table(results: dict[str, dict[str, Any]]) -> str:
+  """A Markdown table of each method's results.json values."""
   lines = ["| method | top-1 | top-5 | kNN top-1 | wall time (s) | epochs | images/s |",
            "| --- | --- | --- | --- | --- | --- | --- |"]
-  for name, workdir in runs.items():
-    r, _ = load_run(workdir)
-    lines.append(f"| {name} | {r['linear_eval_top1']:.2f} | {r['linear_eval_top5']:.2f} | "
-                 f"{r.get('knn_top1', float('nan')):.2f} | {r['wall_time_s']:.0f} | "
-                 f"{r.get('epochs', float('nan')):g} | {r.get('images_per_sec', 0):,.0f} |")
+  for name, r in results.items():
+    nan = float("nan")  # a stage=pretrain run has no accuracy yet
+    lines.append(f"| {name} | {r.get('linear_eval_top1', nan):.2f} | "
+                 f"{r.get('linear_eval_top5', nan):.2f} | {r.get('knn_top1', nan):.2f} | "
+                 f"{r.get('wall_time_s', 0):.0f} | "
+                 f"{r.get('epochs', nan):g} | {r.get('images_per_sec', 0):,.0f} |")
   return "\n".join(lines)
 
 
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
   args = parser.parse_args(argv)
   runs = dict(item.split("=", 1) for item in args.run)
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-  print(table(runs))
+  print(table({name: load_run(workdir)[0] for name, workdir in runs.items()}))
   plot_curves(runs, args.out + "_curves.png")
   shown = [n for n in args.embeddings.split(",") if n] or list(runs)
   plot_embeddings({n: runs[n] for n in shown}, args.out + "_embeddings.png")
