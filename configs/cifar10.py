@@ -66,7 +66,7 @@ def get_config(arg: str = ""):
   elif method != "supcon":
     raise ValueError(f"configs/cifar10.py:{arg}: the argument is one of supcon, simclr, ce")
 
-  c.knn.every_epochs = 10
+  c.eval_every_epochs = 10
   c.knn.num_train = 10_000
   c.log_every_steps = 50
   c.checkpoint_every_steps = 2_000

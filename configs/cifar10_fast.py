@@ -1,5 +1,5 @@
 """CIFAR-10 in ten minutes on one GPU: SupCon pre-training of a ResNet-18 and its linear
-evaluation in one process (issue 5). `:ce` and `:simclr` run the two other methods under the
+evaluation in one process. `:ce` and `:simclr` run the two other methods under the
 same budget and data.
 
   python -m supcon_jax.main --config=configs/cifar10_fast.py --workdir=/tmp/c10_fast \
@@ -73,7 +73,7 @@ def get_config(arg: str = ""):
     c.optim.base_lr = 0.2  # x batch/256: 0.8 peak, the reference CE learning rate
     c.optim.weight_decay = 5e-4
 
-  c.knn.every_epochs = 20  # the accuracy-against-time curve (kNN for contrastive, eval for CE)
+  c.eval_every_epochs = 20  # the accuracy-against-time curve (kNN for contrastive, eval for CE)
   c.knn.num_train = 10_000
   c.log_every_steps = 43
   c.checkpoint_every_steps = 2_150  # every 50 epochs: a crash loses little, saves cost little

@@ -44,7 +44,7 @@ def get_config():
   c.linear.optim.name = "sgd"
   c.linear.optim.base_lr = 1.0
 
-  c.knn.every_epochs = 10
+  c.eval_every_epochs = 10
   c.knn.num_train = 2000
   c.log_every_steps = 10
   c.checkpoint_every_steps = 100

@@ -64,7 +64,7 @@ def get_config(arg: str = ""):
   c.linear.optim.momentum = 0.9
   c.linear.optim.weight_decay = 0.0
 
-  c.knn.every_epochs = 10
+  c.eval_every_epochs = 10
   c.knn.num_train = 50_000
   c.log_every_steps = 100
   c.checkpoint_every_steps = 2_000

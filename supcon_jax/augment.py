@@ -14,7 +14,8 @@ cropflip (crop and flip, for linear evaluation) and none.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+import types
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,7 @@ from supcon_jax.augment_policies import (  # noqa: F401
     affine_warp, autoaugment, autocontrast, brightness, color, contrast, equalize, identity,
     invert, luminance, posterize, randaugment, rotate, sharpness, shear_x, shear_y, solarize,
     solarize_add, translate_x, translate_y)
+from supcon_jax.checks import one_of
 
 POLICIES = ("simaugment", "randaugment", "autoaugment", "cropflip", "none")
 ViewFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -112,6 +114,7 @@ def random_apply(key: jax.Array, p: float, fn: Callable[[jax.Array], jax.Array],
 
 
 def random_flip(key: jax.Array, img: jax.Array, p: float = 0.5) -> jax.Array:
+  """Mirror left-right with probability p."""
   return random_apply(key, p, flip, img)
 
 
@@ -197,6 +200,7 @@ def gaussian_blur(img: jax.Array, sigma, kernel_size: int | None = None) -> jax.
 
 def random_gaussian_blur(key: jax.Array, img: jax.Array,
                          sigma_range: tuple[float, float] = (0.1, 2.0)) -> jax.Array:
+  """Gaussian blur with sigma ~ U(sigma_range), as SimCLR."""
   sigma = jax.random.uniform(key, minval=sigma_range[0], maxval=sigma_range[1])
   return gaussian_blur(img, sigma)
 
@@ -252,20 +256,20 @@ def _make_view(cfg) -> ViewFn | None:
 # ------------------------------------------------------------------- checks, normalise
 
 
-def _check_config(cfg) -> None:
+def check_config(cfg: Any, name: str = "augment") -> None:
+  """ValueError naming the field (`name`.field) of the first bad value of an `augment` block."""
   def fail(field, value, expected):
-    raise ValueError(f"augment.{field}={value!r}: expected {expected}")
+    raise ValueError(f"{name}.{field}={value!r}: expected {expected}")
 
-  if cfg.policy not in POLICIES:
-    fail("policy", cfg.policy, f"one of {POLICIES}")
+  one_of(f"{name}.policy", cfg.policy, POLICIES)
   if not isinstance(cfg.n_views, int) or cfg.n_views < 1:
     fail("n_views", cfg.n_views, "an integer >= 1")
   lo_hi = tuple(cfg.crop_scale)
   if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
     fail("crop_scale", cfg.crop_scale, "(lo, hi) with 0 < lo <= hi <= 1")
   for field in ("jitter_prob", "grayscale_prob", "blur_prob"):
-    if not 0 <= cfg[field] <= 1:
-      fail(field, cfg[field], "a probability in [0, 1]")
+    if not 0 <= getattr(cfg, field) <= 1:
+      fail(field, getattr(cfg, field), "a probability in [0, 1]")
   if not 0 <= cfg.jitter <= 2:
     fail("jitter", cfg.jitter, "a strength in [0, 2] (hue = jitter / 4 <= 0.5)")
   if not isinstance(cfg.ra_num_ops, int) or cfg.ra_num_ops < 0:
@@ -298,7 +302,7 @@ def _to_unit_float(images: jax.Array, channels: int) -> jax.Array:
 def make_train_augment(augment_config, *, mean: Sequence[float],
                        std: Sequence[float]) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """fn(rng, uint8 [B, H, W, C]) -> normalised float32 views [B, V, H, W, C]."""
-  _check_config(augment_config)
+  check_config(augment_config)
   n_views = augment_config.n_views
   view = _make_view(augment_config)
   normalise = _normaliser(mean, std)
@@ -314,6 +318,15 @@ def make_train_augment(augment_config, *, mean: Sequence[float],
     return normalise(views)
 
   return augment
+
+
+def from_config(config: Any, **overrides: Any) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """`make_train_augment` of `config.augment`, normalised with `config.data`'s statistics.
+
+  `overrides` replace fields of `config.augment` (e.g. `n_views=1` for a single view).
+  """
+  fields = types.SimpleNamespace(**{**config.augment.to_dict(), **overrides})
+  return make_train_augment(fields, mean=config.data.mean, std=config.data.std)
 
 
 def make_eval_transform(*, mean: Sequence[float],

@@ -50,10 +50,12 @@ def _to_uint8_levels(img: jax.Array) -> jax.Array:
 
 
 def identity(img: jax.Array) -> jax.Array:
+  """The image unchanged."""
   return img
 
 
 def invert(img: jax.Array) -> jax.Array:
+  """Negative: 1 - x."""
   return 1.0 - img
 
 
@@ -179,22 +181,27 @@ def _translation(pixels, axis: int) -> jax.Array:
 
 
 def rotate(img: jax.Array, degrees) -> jax.Array:
+  """Rotate about the centre by `degrees` (counter-clockwise), grey fill."""
   return affine_warp(img, _rotation(degrees, *img.shape[:2]))
 
 
 def shear_x(img: jax.Array, factor) -> jax.Array:
+  """Shear along x: source x = x + factor * y (about the top-left corner), grey fill."""
   return affine_warp(img, _shear(factor, 0))
 
 
 def shear_y(img: jax.Array, factor) -> jax.Array:
+  """Shear along y: source y = y + factor * x (about the top-left corner), grey fill."""
   return affine_warp(img, _shear(factor, 1))
 
 
 def translate_x(img: jax.Array, pixels) -> jax.Array:
+  """Shift right by `pixels`, grey fill."""
   return affine_warp(img, _translation(pixels, 0))
 
 
 def translate_y(img: jax.Array, pixels) -> jax.Array:
+  """Shift down by `pixels`, grey fill."""
   return affine_warp(img, _translation(pixels, 1))
 
 

@@ -20,6 +20,8 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
+from supcon_jax import report
+
 
 def measure_step_seconds(step_fn: Callable, state: Any, batches: Iterator[dict], rng: jax.Array,
                          *, warmup: int = 3, steps: int = 10) -> tuple[float, float]:
@@ -65,6 +67,5 @@ def plan_epochs(config: Any, workdir: str, *, started: float,
           "seconds_left_for_pretraining": left, "budget_s": config.time_budget_s}
   logging.info("time budget: %s", info)
   if jax.process_index() == 0:
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(info, indent=2))
+    report.write_json(str(record), info)
   return epochs

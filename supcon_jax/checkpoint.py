@@ -16,6 +16,8 @@ run, which saves that step again).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from typing import Any
 
@@ -29,13 +31,24 @@ class CheckpointError(RuntimeError):
   """No checkpoint in a directory that has them could be restored."""
 
 
+@dataclasses.dataclass(frozen=True)
+class CheckpointRef:
+  """One saved step of a checkpoint directory (e.g. the encoder a classifier was trained on)."""
+  directory: str
+  step: int
+
+  def __str__(self) -> str:
+    return f"{self.directory}/{self.step}"
+
+
 class Checkpointer:
   """Periodic, asynchronous saves of (state, meta) under `directory`, keeping the last N."""
 
   def __init__(self, directory: str, *, every_steps: int, keep: int, meta: dict[str, Any]):
     self.directory = str(directory)
     self.every_steps = every_steps
-    self.meta = meta
+    # JSON-normal (tuples become lists), so it compares equal to the meta a restore reads.
+    self.meta = json.loads(json.dumps(meta))
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, cleanup_tmp_directories=True,
         enable_async_checkpointing=True)
@@ -43,9 +56,11 @@ class Checkpointer:
                                           item_names=("state", "meta"))
 
   def steps(self) -> list[int]:
+    """The finalised steps in the directory, oldest first."""
     return sorted(self._manager.all_steps())
 
   def due(self, step: int) -> bool:
+    """Whether the periodic schedule saves at `step`."""
     return step % self.every_steps == 0
 
   def save(self, step: int, state: Any) -> None:
@@ -119,9 +134,11 @@ class Checkpointer:
           f"(field: (saved, configured) = {diff}); use another workdir")
 
   def wait(self) -> None:
+    """Blocks until every started save is finalised."""
     self._manager.wait_until_finished()
 
   def close(self) -> None:
+    """Finishes pending saves and releases the manager."""
     self._manager.close()
 
 

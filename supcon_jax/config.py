@@ -9,27 +9,20 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Any
 
 import ml_collections
 
-METHODS = ("supcon", "simclr", "ce")
-STAGES = ("all", "pretrain", "linear")
-SOURCES = ("tfds", "folder", "arrays")
-POLICIES = ("simaugment", "randaugment", "autoaugment", "cropflip", "none")
-DEPTHS = (18, 34, 50, 101, 152, 200)
-STEMS = ("cifar", "imagenet")
-HEADS = ("mlp", "linear")
-OPTIMIZERS = ("lars", "sgd", "rmsprop", "adamw")
-
+from supcon_jax import augment, data, evaluate, losses, methods, models, optim
+from supcon_jax.checks import one_of
 
 def base_config() -> ml_collections.ConfigDict:
+  """Every field with its default; recipes in configs/ change what they need."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.method = "supcon"  # supcon | simclr (labels unused) | ce (cross-entropy baseline)
-  c.stage = "all"  # all | pretrain | linear (linear evaluation of a saved pre-training)
+  c.method = "supcon"  # supcon | simclr (labels unused) | ce (cross-entropy baseline); methods.py
+  c.stage = "all"  # all | pretrain | linear (linear evaluation of a trained encoder)
   c.pretrain_workdir = ""  # stage=linear: take the encoder from here ("" = this workdir)
-  c.pretrain_step = 0  # stage=linear: that pre-training checkpoint (0 = the newest)
+  c.pretrain_step = 0  # stage=linear: that checkpoint of the encoder (0 = the newest)
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "arrays"  # tfds | folder | arrays
@@ -105,8 +98,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.linear.optim.nesterov = False
   c.linear.optim.trust_coefficient = 0.001
 
-  c.knn = ml_collections.ConfigDict()  # cosine kNN monitor on r during pre-training
-  c.knn.every_epochs = 0  # 0 = off
+  # Every N epochs of training, evaluate on the eval split: kNN top-1 on r for every method,
+  # and the model's own classifier for methods that have one (ce). 0 = off.
+  c.eval_every_epochs = 0
+  c.knn = ml_collections.ConfigDict()  # the weighted cosine kNN classifier on r
   c.knn.k = 20
   c.knn.temperature = 0.1
   c.knn.num_train = 5_000  # training images in the memory bank
@@ -124,41 +119,47 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _one_of(name: str, value: Any, valid: tuple) -> None:
-  if value not in valid:
-    raise ValueError(f"config.{name}={value!r} is not one of {', '.join(map(str, valid))}")
+def method_names(c: ml_collections.ConfigDict) -> list[str]:
+  """The methods `config.method` names: one, or a comma-separated list to compare."""
+  return [m.strip() for m in c.method.split(",")]
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  """Fails fast, naming the field, on values that would otherwise fail late or silently."""
-  for method in c.method.split(","):
-    _one_of("method", method.strip(), METHODS)
-  _one_of("stage", c.stage, STAGES)
-  _one_of("data.source", c.data.source, SOURCES)
-  _one_of("augment.policy", c.augment.policy, POLICIES)
-  _one_of("linear.augment", c.linear.augment, ("cropflip", "none"))
-  _one_of("model.depth", c.model.depth, DEPTHS)
-  _one_of("model.stem", c.model.stem, STEMS)
-  _one_of("model.head", c.model.head, HEADS)
-  _one_of("model.dtype", c.model.dtype, ("float32", "bfloat16", "float16"))
-  _one_of("loss.variant", c.loss.variant, ("out", "in"))
-  _one_of("loss.contrast_mode", c.loss.contrast_mode, ("all", "one"))
-  _one_of("optim.name", c.optim.name, OPTIMIZERS)
-  _one_of("linear.optim.name", c.linear.optim.name, OPTIMIZERS)
+  """Fails fast, naming the field, on values that would otherwise fail late or silently.
+
+  Each list of choices is the one its module implements, so the two cannot disagree.
+  """
+  one_of("config.stage", c.stage, methods.STAGES)
+  for name in method_names(c):
+    one_of("config.method", name, methods.METHODS)
+    if c.stage not in methods.METHODS[name].stages:
+      raise ValueError(f"config.stage={c.stage!r}: method {name} has only the stages "
+                       f"{', '.join(methods.METHODS[name].stages)}")
+  one_of("config.data.source", c.data.source, data.SOURCES)
+  one_of("config.data.bad_images", c.data.bad_images, data.BAD_IMAGES)
+  augment.check_config(c.augment, "config.augment")
+  one_of("config.linear.augment", c.linear.augment, evaluate.LINEAR_POLICIES)
+  one_of("config.model.depth", c.model.depth, models.DEPTHS)
+  one_of("config.model.stem", c.model.stem, models.STEMS)
+  one_of("config.model.head", c.model.head, models.HEADS)
+  one_of("config.model.dtype", c.model.dtype, models.DTYPES)
+  one_of("config.loss.variant", c.loss.variant, losses.VARIANTS)
+  one_of("config.loss.contrast_mode", c.loss.contrast_mode, losses.CONTRAST_MODES)
+  optim.check_config(c.optim, "config.optim")
+  optim.check_config(c.linear.optim, "config.linear.optim")
   positive = {"loss.temperature": c.loss.temperature, "batch_size": c.batch_size,
               "linear.batch_size": c.linear.batch_size, "epochs": c.epochs,
               "data.image_size": c.data.image_size, "data.num_classes": c.data.num_classes,
-              "model.width": c.model.width, "log_every_steps": c.log_every_steps,
+              "model.width": c.model.width, "model.proj_dim": c.model.proj_dim,
+              "log_every_steps": c.log_every_steps,
               "checkpoint_every_steps": c.checkpoint_every_steps,
               "keep_checkpoints": c.keep_checkpoints}
   for name, value in positive.items():
     if not value > 0:
       raise ValueError(f"config.{name}={value!r} must be > 0")
-  if c.augment.n_views < 1:
-    raise ValueError(f"config.augment.n_views={c.augment.n_views} must be >= 1")
   if c.loss.base_temperature is not None and not c.loss.base_temperature > 0:
     raise ValueError(f"config.loss.base_temperature={c.loss.base_temperature!r} must be > 0")
-  min_size = 32 if c.model.stem == "imagenet" else 8
+  min_size = models.resnet.MIN_IMAGE_SIZE[c.model.stem]
   if c.data.image_size < min_size:
     raise ValueError(f"config.data.image_size={c.data.image_size} is too small for the "
                      f"{c.model.stem} stem (at least {min_size})")

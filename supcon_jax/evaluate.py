@@ -9,9 +9,10 @@ un-augmented training images are computed once and the classifier trains on that
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,25 +21,44 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from supcon_jax import augment, checkpoint, losses, metrics, optim, sharding, train
+from supcon_jax import augment, checkpoint, losses, methods, metrics, optim, sharding, train
 from supcon_jax.models import heads
 
+LINEAR_POLICIES = ("cropflip", "none")  # config.linear.augment
 
-def encode(apply_fn: Callable, variables: Any, batches: Iterator[dict[str, jax.Array]],
-           transform: Callable) -> tuple[np.ndarray, np.ndarray]:
-  """Runs `apply_fn(variables, transform(image))["repr"]` over an evaluation pass.
 
-  Returns host arrays (features [N, D] float32, labels [N]) without the padding rows.
+@dataclasses.dataclass(frozen=True)
+class TrainedEncoder:
+  """A trained model (any method's), as the evaluations use it."""
+  apply: Callable  # model.apply: (variables, images, train) -> {"repr": r, ...}
+  variables: Any  # {"params": ..., "batch_stats": ...}
+  checkpoint: checkpoint.CheckpointRef  # where these variables were saved
+
+
+def eval_transform(config: ml_collections.ConfigDict) -> Callable[[jax.Array], jax.Array]:
+  """uint8 evaluation images -> the normalised float32 input of the model."""
+  return augment.make_eval_transform(mean=config.data.mean, std=config.data.std)
+
+
+def encode(encoder: TrainedEncoder, batches: Iterator[dict[str, jax.Array]],
+           transform: Callable, *, outputs: Sequence[str] = ("repr",)) -> dict[str, np.ndarray]:
+  """The model's `outputs` (e.g. "repr", "logits") over one evaluation pass, in one run.
+
+  Returns host arrays, each output float32 [N, D], and "label" [N], without padding rows.
   """
-  fn = jax.jit(lambda v, img: apply_fn(v, transform(img), train=False)["repr"])
-  feats, labels = [], []
+  def apply(variables, images):
+    out = encoder.apply(variables, transform(images), train=False)
+    return {k: out[k].astype(jnp.float32) for k in outputs}
+
+  fn = jax.jit(apply)
+  parts = []
   for batch in batches:
-    out = {"f": fn(variables, batch["image"]), "y": batch["label"], "m": batch["mask"]}
-    out = multihost_utils.process_allgather(out, tiled=True)
-    keep = np.asarray(out["m"]) > 0
-    feats.append(np.asarray(out["f"], np.float32)[keep])
-    labels.append(np.asarray(out["y"])[keep])
-  return np.concatenate(feats), np.concatenate(labels)
+    out = {**fn(encoder.variables, batch["image"]), "label": batch["label"],
+           "mask": batch["mask"]}
+    out = jax.tree.map(np.asarray, multihost_utils.process_allgather(out, tiled=True))
+    keep = out.pop("mask") > 0
+    parts.append({k: v[keep] for k, v in out.items()})
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 def knn_top1(bank: np.ndarray, bank_labels: np.ndarray, query: np.ndarray,
@@ -60,25 +80,65 @@ def knn_top1(bank: np.ndarray, bank_labels: np.ndarray, query: np.ndarray,
   return float(100.0 * np.mean(preds == query_labels))
 
 
-def classify_top_k(logits: np.ndarray | jax.Array, labels: np.ndarray) -> dict[str, float]:
-  """Top-1 and top-5 accuracy in percent."""
+def knn_accuracy(config: ml_collections.ConfigDict, encoder: TrainedEncoder, train_source: Any,
+                 eval_out: dict[str, np.ndarray]) -> float:
+  """kNN top-1 of the eval split's r against a fixed sample of `config.knn.num_train`."""
+  bank = encode(encoder, train_source.eval_batches(max_examples=config.knn.num_train),
+                eval_transform(config))
+  return knn_top1(bank["repr"], bank["label"], eval_out["repr"], eval_out["label"],
+                  k=config.knn.k, temperature=config.knn.temperature,
+                  num_classes=config.data.num_classes)
+
+
+def top_k(logits: np.ndarray | jax.Array, labels: np.ndarray) -> dict[str, float]:
+  """Top-1 and top-5 accuracy in percent: {"top1": ..., "top5": ...}."""
   logits, labels = jnp.asarray(logits), jnp.asarray(labels)
   return {f"top{k}": float(100.0 * losses.topk_accuracy(logits, labels, k=min(k, logits.shape[-1])))
           for k in (1, 5)}
 
 
-def linear_evaluation(config: ml_collections.ConfigDict, *, encoder_apply: Callable,
-                      encoder_vars: Any, train_source: Any, eval_features: tuple[np.ndarray, np.ndarray],
-                      mesh: jax.sharding.Mesh, workdir: str, writer: metrics.Writer,
-                      encoder: str) -> dict[str, float]:
-  """Trains a linear classifier on the frozen representation; top-1/top-5 on the eval split.
+def classifier_evaluation(eval_out: dict[str, np.ndarray]) -> dict[str, float]:
+  """The model's own classifier on the eval split: classifier_top1 / classifier_top5."""
+  return {f"classifier_{k}": v for k, v in top_k(eval_out["logits"], eval_out["label"]).items()}
 
-  `encoder` names the pre-training checkpoint (directory/step): the classifier's own
-  checkpoints live under it, so a classifier is never resumed on another encoder.
+
+def monitor(config: ml_collections.ConfigDict, method: methods.Method, model: Any, train_source: Any,
+            eval_source: Any) -> Callable[[int, train.TrainState], dict[str, float]] | None:
+  """Every `config.eval_every_epochs` of training: kNN top-1 on r, and classifier top-1 when
+  the method has its own classifier (None when switched off)."""
+  every = config.eval_every_epochs
+  if not every:
+    return None
+  with_logits = method.evaluation == methods.CLASSIFIER
+
+  def evaluate_now(epoch: int, state: train.TrainState) -> dict[str, float]:
+    if epoch % every:
+      return {}
+    encoder = TrainedEncoder(model.apply, {"params": state.params,
+                                           "batch_stats": state.batch_stats},
+                             checkpoint.CheckpointRef("", int(state.step)))
+    eval_out = encode(encoder, eval_source.eval_batches(), eval_transform(config),
+                      outputs=("repr", "logits") if with_logits else ("repr",))
+    values = {"knn_top1": knn_accuracy(config, encoder, train_source, eval_out)}
+    if with_logits:
+      values["classifier_top1"] = classifier_evaluation(eval_out)["classifier_top1"]
+    return values
+
+  return evaluate_now
+
+
+def linear_evaluation(config: ml_collections.ConfigDict, encoder: TrainedEncoder,
+                      train_source: Any, eval_out: dict[str, np.ndarray], *,
+                      mesh: jax.sharding.Mesh, workdir: str,
+                      writer: metrics.Writer) -> dict[str, float]:
+  """Trains a linear classifier on the frozen r; linear_top1 / linear_top5 on the eval split.
+
+  The classifier's checkpoints live under the encoder's step and record its checkpoint, so
+  a classifier is never resumed on another encoder.
   """
   lin = config.linear
   classifier = heads.LinearClassifier(num_classes=config.data.num_classes)
-  feat_dim = eval_features[0].shape[1]
+  feat_dim = eval_out["repr"].shape[1]
   rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)  # independent of pre-training
   params = jax.jit(lambda r: classifier.init(r, jnp.zeros((1, feat_dim))),
                    out_shardings=sharding.replicated(mesh))(rng)["params"]
@@ -88,46 +148,45 @@ def linear_evaluation(config: ml_collections.ConfigDict, *, encoder_apply: Calla
                                       steps_per_epoch=steps_per_epoch, total_steps=total)
   state = train.create_state(params, {}, tx, mesh)
   ckpt = checkpoint.Checkpointer(
-      os.path.join(workdir, "linear_checkpoints", encoder.rsplit("/", 1)[-1]),
+      os.path.join(workdir, "linear_checkpoints", str(encoder.checkpoint.step)),
       every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints,
-      meta={"model": {"linear_on": feat_dim, "encoder": encoder}})
+      meta={"model": {"linear_on": feat_dim, "encoder": str(encoder.checkpoint)}})
   state = train.resume(state, ckpt)
 
   def ce(params, r, labels):
     return losses.cross_entropy_loss(classifier.apply({"params": params}, r), labels)
 
   if lin.augment == "none":
-    cache = encode(encoder_apply, encoder_vars, train_source.eval_batches(),
-                   augment.make_eval_transform(mean=config.data.mean, std=config.data.std))
+    cache = encode(encoder, train_source.eval_batches(), eval_transform(config))
     batches = _feature_batches(cache, lin.batch_size, config.seed, mesh)
     loss_fn = lambda p, bs, batch, rng: (ce(p, batch["repr"], batch["label"]), bs)
     frozen = ()
   else:
-    aug = train.augment_for(config, policy=lin.augment, n_views=1, crop_scale=lin.crop_scale)
+    aug = augment.from_config(config, policy=lin.augment, n_views=1, crop_scale=lin.crop_scale)
 
     def loss_fn(p, bs, batch, rng, enc_vars):
-      r = encoder_apply(enc_vars, aug(rng, batch["image"])[:, 0], train=False)["repr"]
+      r = encoder.apply(enc_vars, aug(rng, batch["image"])[:, 0], train=False)["repr"]
       return ce(p, jax.lax.stop_gradient(r), batch["label"]), bs
 
-    batches, frozen = train_source.train_batches, (encoder_vars,)
+    batches, frozen = train_source.train_batches, (encoder.variables,)
 
-  loop = train.Loop(name="linear", num_steps=total, steps_per_epoch=steps_per_epoch,
-                    images_per_step=lin.batch_size, ckpt=ckpt, writer=writer,
-                    log_every=config.log_every_steps, skip_nonfinite=config.skip_nonfinite,
-                    schedule=schedule)
+  loop = train.LoopSettings(name="linear", num_steps=total, steps_per_epoch=steps_per_epoch,
+                            images_per_step=lin.batch_size, ckpt=ckpt, writer=writer,
+                            log_every=config.log_every_steps,
+                            skip_nonfinite=config.skip_nonfinite, schedule=schedule)
   state = train.fit(loop, state, train.make_step(loss_fn, tx, mesh), batches, rng, *frozen)
   ckpt.close()
-  logits = classifier.apply({"params": jax.device_get(state.params)}, eval_features[0])
-  return classify_top_k(logits, eval_features[1])
+  logits = classifier.apply({"params": jax.device_get(state.params)}, eval_out["repr"])
+  return {f"linear_{k}": v for k, v in top_k(logits, eval_out["label"]).items()}
 
 
-def _feature_batches(cache: tuple[np.ndarray, np.ndarray], batch_size: int, seed: int,
+def _feature_batches(cache: dict[str, np.ndarray], batch_size: int, seed: int,
                      mesh: jax.sharding.Mesh) -> Callable[[int], Iterator[dict]]:
   """A resumable stream of shuffled batches of cached (r, label), drawn on the device."""
-  feats, labels = sharding.replicate((cache[0], cache[1].astype(np.int32)), mesh)
+  feats, labels = sharding.replicate((cache["repr"], cache["label"].astype(np.int32)), mesh)
   take = jax.jit(lambda idx: {"repr": feats[idx], "label": labels[idx]},
                  out_shardings=sharding.batch_sharding(mesh))
-  n = cache[0].shape[0]
+  n = cache["repr"].shape[0]
   per_epoch = n // batch_size  # the cache can be short of num_examples if images were skipped
 
   def stream(start_step: int) -> Iterator[dict]:

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
+from supcon_jax.checks import one_of
+
 VARIANTS = ("out", "in")
 CONTRAST_MODES = ("all", "one")
 
@@ -57,10 +59,8 @@ def _check_supcon_args(features, labels, temperature, base_temperature, variant,
   for name, t in (("temperature", temperature), ("base_temperature", base_temperature)):
     if isinstance(t, numbers.Real) and t <= 0:
       raise ValueError(f"{name} must be > 0, got {t}")
-  if variant not in VARIANTS:
-    raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-  if contrast_mode not in CONTRAST_MODES:
-    raise ValueError(f"contrast_mode must be one of {CONTRAST_MODES}, got {contrast_mode!r}")
+  one_of("variant", variant, VARIANTS)
+  one_of("contrast_mode", contrast_mode, CONTRAST_MODES)
   if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
     raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
 

@@ -34,6 +34,7 @@ _USER_ERRORS = (ValueError, OSError, checkpoint.CheckpointError, train.NonFinite
 
 
 def main(argv: list[str]) -> None:
+  """Validates the config, starts the processes' runtime, and runs the experiment."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = FLAGS.config

@@ -22,6 +22,7 @@ from clu import metrics
 
 @flax.struct.dataclass
 class TrainMetrics(metrics.Collection):
+  """Per-step loss, gradient norm and skipped-step fraction, averaged on the device."""
   loss: metrics.Average.from_output("loss")
   grad_norm: metrics.Average.from_output("grad_norm")
   nonfinite: metrics.Average.from_output("nonfinite")  # fraction of steps skipped
@@ -49,6 +50,7 @@ class Writer:
         logging.info("TensorFlow is not installed: no TensorBoard events, metrics.jsonl only")
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> None:
+    """One row of scalars at `step` (process 0 only)."""
     if not self._lead:
       return
     values = {k: float(np.asarray(v)) for k, v in scalars.items()}
@@ -57,7 +59,14 @@ class Writer:
     if self._tb is not None:
       self._tb.write_scalars(int(step), values)
 
+  def __enter__(self) -> "Writer":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
   def close(self) -> None:
+    """Flushes and closes every output."""
     if self._jsonl is not None:
       self._jsonl.close()
     if self._tb is not None:

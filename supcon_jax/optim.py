@@ -20,12 +20,26 @@ import jax
 import numpy as np
 import optax
 
+from supcon_jax.checks import one_of
+
 _REFERENCE_BATCH = 256  # the batch the base learning rate refers to (Goyal et al. 2017)
 
 
 def _check(ok: bool, message: str) -> None:
   if not ok:
     raise ValueError(message)
+
+
+def check_config(optim_config: Any, name: str = "optim") -> None:
+  """ValueError naming the field (`name`.field) of the first bad value of an `optim` block."""
+  c = optim_config
+  one_of(f"{name}.name", c.name, OPTIMIZERS)
+  _check(c.base_lr > 0, f"{name}.base_lr must be > 0, got {c.base_lr}")
+  _check(c.warmup_epochs >= 0, f"{name}.warmup_epochs must be >= 0, got {c.warmup_epochs}")
+  _check(c.weight_decay >= 0, f"{name}.weight_decay must be >= 0, got {c.weight_decay}")
+  _check(0 <= c.momentum < 1, f"{name}.momentum must be in [0, 1), got {c.momentum}")
+  _check(c.trust_coefficient > 0,
+         f"{name}.trust_coefficient must be > 0, got {c.trust_coefficient}")
 
 
 def lr_schedule(optim_config: Any, *, batch_size: int, steps_per_epoch: int,
@@ -36,8 +50,7 @@ def lr_schedule(optim_config: Any, *, batch_size: int, steps_per_epoch: int,
   the rate then only rises; a warm-up of 0 starts at the peak.
   """
   c = optim_config
-  _check(c.base_lr > 0, f"optim.base_lr must be > 0, got {c.base_lr}")
-  _check(c.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0, got {c.warmup_epochs}")
+  check_config(c)
   _check(batch_size > 0, f"batch_size must be > 0, got {batch_size}")
   _check(steps_per_epoch > 0, f"steps_per_epoch must be > 0, got {steps_per_epoch}")
   _check(total_steps > 0, f"total_steps must be > 0, got {total_steps}")
@@ -86,18 +99,13 @@ def _adamw(c, lr: optax.Schedule) -> optax.GradientTransformation:
 
 _BUILDERS: dict[str, Callable[[Any, optax.Schedule], optax.GradientTransformation]] = {
     "lars": _lars, "sgd": _sgd, "rmsprop": _rmsprop, "adamw": _adamw}
+OPTIMIZERS = tuple(_BUILDERS)
 
 
 def make_optimizer(optim_config: Any, *, batch_size: int, steps_per_epoch: int,
                    total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The optimiser named by optim_config.name, driven by `lr_schedule`, and that schedule."""
   c = optim_config
-  _check(c.name in _BUILDERS,
-         f"unknown optim.name {c.name!r}; valid: {', '.join(sorted(_BUILDERS))}")
-  _check(c.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {c.weight_decay}")
-  _check(0 <= c.momentum < 1, f"optim.momentum must be in [0, 1), got {c.momentum}")
-  _check(c.trust_coefficient > 0,
-         f"optim.trust_coefficient must be > 0, got {c.trust_coefficient}")
   schedule = lr_schedule(c, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
                          total_steps=total_steps)
   return _BUILDERS[c.name](c, schedule), schedule

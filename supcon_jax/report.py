@@ -1,10 +1,11 @@
-"""Compares finished runs: a results table, accuracy against wall time, embeddings side by side.
+"""Results on disk and in tables: the one JSON writer, the one Markdown table, comparisons.
 
   python -m supcon_jax.report --run supcon=/tmp/c10_fast --run simclr=/tmp/c10_simclr \
       --run ce=/tmp/c10_ce --out docs/cifar10_fast
 
-writes `<out>_curves.png` (kNN / validation top-1 against wall time, final linear top-1
-marked), `<out>_embeddings.png` (each run's embedding.png side by side) and prints the table.
+prints the results table and writes `<out>_curves.png` (validation top-1 against wall time:
+the kNN monitor, or the classifier's for methods that have one, with the final top-1 marked)
+and `<out>_embeddings.png` (each run's embedding.png side by side).
 """
 
 from __future__ import annotations
@@ -12,44 +13,90 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Any
+from typing import Any, Sequence
 
 from etils import epath
 
+from supcon_jax import methods
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Writes then renames, so a reader never sees half a file (local or gs://)."""
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+  tmp.replace(path)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  """A Markdown table: one header row, then a row of cells (already formatted) per row."""
+  lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] * len(header)) + " |"]
+  lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+  return "\n".join(lines)
+
 
 def load_run(workdir: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-  """(results.json, metrics.jsonl rows) of a finished run."""
+  """(results.json, metrics.jsonl rows) of a finished run; older results' keys renamed."""
   path = epath.Path(workdir)
-  results = json.loads((path / "results.json").read_text())
+  results = upgrade_results(json.loads((path / "results.json").read_text()))
   rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line]
   return results, rows
 
 
-def table(results: dict[str, dict[str, Any]]) -> str:
+def upgrade_results(results: dict[str, Any]) -> dict[str, Any]:
+  """A results.json written before the evaluations were named, with today's keys.
+
+  `linear_eval_top1/5` held what stage "all" evaluated: the linear classifier, or the model's
+  own classifier for methods that have one.
+  """
+  if "linear_eval_top1" not in results:
+    return results
+  out = dict(results)
+  evaluation = methods.get(out["method"]).evaluation if "method" in out else methods.LINEAR
+  for k in ("top1", "top5"):
+    out[f"{evaluation}_{k}"] = out.pop(f"linear_eval_{k}")
+  return out
+
+
+def headline(results: dict[str, Any]) -> tuple[str, float, float]:
+  """(evaluation, top-1, top-5) of a run: its linear evaluation, else its own classifier."""
+  for evaluation in ("linear", "classifier"):
+    if f"{evaluation}_top1" in results:
+      return evaluation, results[f"{evaluation}_top1"], results[f"{evaluation}_top5"]
+  nan = float("nan")  # a stage=pretrain run has no accuracy
+  return "none", nan, nan
+
+
+def results_table(results: dict[str, dict[str, Any]]) -> str:
   """A Markdown table of each method's results.json values."""
-  lines = ["| method | top-1 | top-5 | kNN top-1 | wall time (s) | epochs | images/s |",
-           "| --- | --- | --- | --- | --- | --- | --- |"]
+  rows = []
   for name, r in results.items():
-    nan = float("nan")  # a stage=pretrain run has no accuracy yet
-    lines.append(f"| {name} | {r.get('linear_eval_top1', nan):.2f} | "
-                 f"{r.get('linear_eval_top5', nan):.2f} | {r.get('knn_top1', nan):.2f} | "
-                 f"{r.get('wall_time_s', 0):.0f} | "
-                 f"{r.get('epochs', nan):g} | {r.get('images_per_sec', 0):,.0f} |")
-  return "\n".join(lines)
+    r = upgrade_results(r)
+    evaluation, top1, top5 = headline(r)
+    rows.append([name, evaluation, f"{top1:.2f}", f"{top5:.2f}",
+                 f"{r.get('knn_top1', float('nan')):.2f}", f"{r.get('wall_time_s', 0):.0f}",
+                 f"{r.get('epochs', float('nan')):g}", f"{r.get('images_per_sec', 0):,.0f}"])
+  return markdown_table(["method", "evaluation", "top-1", "top-5", "kNN top-1",
+                         "wall time (s)", "epochs", "images/s"], rows)
 
 
 def plot_curves(runs: dict[str, str], path: str) -> None:
+  """Validation top-1 against wall time for each run, its final top-1 starred."""
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   fig = Figure(figsize=(6, 4), dpi=120)
   ax = fig.add_subplot()
   for name, workdir in runs.items():
     results, rows = load_run(workdir)
-    pts = [(r["elapsed_s"], r.get("knn_top1", r.get("eval_top1"))) for r in rows
-           if "elapsed_s" in r and ("knn_top1" in r or "eval_top1" in r)]
+    # The classifier's own top-1 where the method has one (older runs: eval_top1), else kNN.
+    key = next((k for k in ("classifier_top1", "eval_top1", "knn_top1")
+                if any(k in r for r in rows)), None)
+    pts = [(r["elapsed_s"], r[key]) for r in rows if key in r and "elapsed_s" in r]
     if pts:
-      line, = ax.plot(*zip(*pts), marker=".", label=f"{name} (kNN / eval top-1)")
-      ax.scatter([results["wall_time_s"]], [results["linear_eval_top1"]], marker="*", s=80,
-                 color=line.get_color(), label=f"{name} final top-1")
+      line, = ax.plot(*zip(*pts), marker=".", label=f"{name} ({key.split('_')[0]} top-1)")
+      evaluation, top1, _ = headline(results)
+      ax.scatter([results["wall_time_s"]], [top1], marker="*", s=80,
+                 color=line.get_color(), label=f"{name} final {evaluation} top-1")
   ax.set_xlabel("wall time (s)")
   ax.set_ylabel("validation top-1 (%)")
   ax.grid(alpha=0.3)
@@ -60,6 +107,7 @@ def plot_curves(runs: dict[str, str], path: str) -> None:
 
 
 def plot_embeddings(runs: dict[str, str], path: str) -> None:
+  """Each run's embedding.png side by side."""
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   import matplotlib.image  # pylint: disable=g-import-not-at-top
   fig = Figure(figsize=(5 * len(runs), 5), dpi=120)
@@ -75,6 +123,7 @@ def plot_embeddings(runs: dict[str, str], path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+  """The command line: a table and pictures comparing finished runs."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--run", action="append", required=True, metavar="NAME=WORKDIR")
   parser.add_argument("--out", required=True, help="prefix of the PNG files")
@@ -82,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
   args = parser.parse_args(argv)
   runs = dict(item.split("=", 1) for item in args.run)
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-  print(table({name: load_run(workdir)[0] for name, workdir in runs.items()}))
+  print(results_table({name: load_run(workdir)[0] for name, workdir in runs.items()}))
   plot_curves(runs, args.out + "_curves.png")
   shown = [n for n in args.embeddings.split(",") if n] or list(runs)
   plot_embeddings({n: runs[n] for n in shown}, args.out + "_embeddings.png")

@@ -34,6 +34,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+  """Whole on every device of the mesh."""
   return NamedSharding(mesh, P())
 
 

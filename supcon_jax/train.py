@@ -1,8 +1,8 @@
 """Training: the state, one jitted step, and the loop that logs, checkpoints and resumes.
 
-The same loop drives every stage: contrastive pre-training (SupCon, SimCLR), the
-cross-entropy baseline, and the linear classifier of `evaluate.py`; what differs is the
-loss function handed to `make_step`.
+The same loop drives every stage: training an encoder with any method (the loss comes from
+`methods.py`) and the linear classifier of `evaluate.py`; what differs is the loss function
+handed to `make_step`.
 
 Everything a resumed run needs is in the checkpoint: the step is also the data position
 (sources replay their stream from any step) and the RNG position (each step's key is
@@ -20,16 +20,17 @@ from typing import Any, Callable, Iterator
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
-from supcon_jax import augment, checkpoint, losses, metrics, sharding
+from supcon_jax import checkpoint, metrics, sharding
 
+# (params, batch_stats, batch, rng, *frozen) -> (loss, new batch_stats)
 LossFn = Callable[..., tuple[jax.Array, Any]]
 
 
 @flax.struct.dataclass
 class TrainState:
+  """Everything a resumed run needs: the step is also the data and RNG position."""
   step: jax.Array
   params: Any
   batch_stats: Any
@@ -39,7 +40,7 @@ class TrainState:
 
 
 class NonFiniteError(FloatingPointError):
-  pass
+  """A step's loss or gradient was not finite and the config does not skip such steps."""
 
 
 class Preempted(Exception):
@@ -105,65 +106,6 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, mesh: ja
                  out_shardings=(replicated, replicated))
 
 
-def contrastive_loss_fn(model: flax.linen.Module, augment_fn: Callable, config: ml_collections.ConfigDict,
-                        mesh: jax.sharding.Mesh) -> LossFn:
-  """SupCon (labels) or SimCLR (no labels) on n_views augmented views of each image."""
-  use_labels = config.method == "supcon"
-  loss_kwargs = dict(temperature=config.loss.temperature,
-                     base_temperature=config.loss.base_temperature, variant=config.loss.variant,
-                     contrast_mode=config.loss.contrast_mode, block_size=config.loss.block_size)
-
-  def loss_fn(params, batch_stats, batch, rng):
-    views = augment_fn(rng, batch["image"])  # [B, V, H, W, C]
-    b, v = views.shape[:2]
-    out, updates = model.apply({"params": params, "batch_stats": batch_stats},
-                               views.reshape((b * v,) + views.shape[2:]), train=True,
-                               mutable=["batch_stats"])
-    z = out["proj"].reshape(b, v, -1)
-    labels = batch["label"] if use_labels else None
-    return losses.sharded_supcon_loss(z, labels, mesh, **loss_kwargs), updates["batch_stats"]
-
-  return loss_fn
-
-
-def cross_entropy_loss_fn(model: flax.linen.Module, augment_fn: Callable,
-                          config: ml_collections.ConfigDict) -> LossFn:
-  """The supervised baseline: the same encoder and augmentation, a linear classifier, CE."""
-
-  def loss_fn(params, batch_stats, batch, rng):
-    x = augment_fn(rng, batch["image"])[:, 0]
-    out, updates = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
-                               mutable=["batch_stats"])
-    loss = losses.cross_entropy_loss(out["logits"], batch["label"],
-                                     label_smoothing=config.loss.label_smoothing)
-    return loss, updates["batch_stats"]
-
-  return loss_fn
-
-
-def pretrain_loss_fn(config: ml_collections.ConfigDict, model: flax.linen.Module,
-                     mesh: jax.sharding.Mesh) -> tuple[LossFn, int]:
-  """The loss of `config.method` on its augmented views, and the views per image."""
-  views = 1 if config.method == "ce" else config.augment.n_views
-  aug = augment_for(config, n_views=views)
-  if config.method == "ce":
-    return cross_entropy_loss_fn(model, aug, config), views
-  return contrastive_loss_fn(model, aug, config, mesh), views
-
-
-def augment_for(config: ml_collections.ConfigDict, *, policy: str | None = None,
-                n_views: int | None = None, crop_scale=None) -> Callable:
-  """The on-device augmentation of `config.augment`, with the given fields replaced."""
-  aug = ml_collections.ConfigDict(config.augment.to_dict())
-  if policy is not None:
-    aug.policy = policy
-  if n_views is not None:
-    aug.n_views = n_views
-  if crop_scale is not None:
-    aug.crop_scale = crop_scale
-  return augment.make_train_augment(aug, mean=config.data.mean, std=config.data.std)
-
-
 class PreemptionWatch:
   """Turns SIGTERM into a flag the loop checks between steps (no host sync).
 
@@ -194,6 +136,7 @@ class PreemptionWatch:
       signal.signal(signal.SIGTERM, self._previous)
 
   def should_stop(self, step: int) -> bool:
+    """Whether to checkpoint and stop after `step` (all processes agree)."""
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       return multihost_utils.reached_preemption_sync_point(step)
@@ -201,8 +144,8 @@ class PreemptionWatch:
 
 
 @dataclasses.dataclass
-class Loop:
-  """What one stage's loop needs besides the step function."""
+class LoopSettings:
+  """How `fit` runs one stage: its length, where it logs and checkpoints, what it reports."""
   name: str
   num_steps: int
   steps_per_epoch: int
@@ -223,7 +166,7 @@ def resume(state: TrainState, ckpt: checkpoint.Checkpointer, step: int | None = 
   return state if restored is None else restored[1]
 
 
-def fit(loop: Loop, state: TrainState, step_fn: Callable, batches: Callable[[int], Iterator],
+def fit(loop: LoopSettings, state: TrainState, step_fn: Callable, batches: Callable[[int], Iterator],
         rng: jax.Array, *frozen) -> TrainState:
   """Runs `step_fn` from the state's step to `loop.num_steps`, then saves a final checkpoint."""
   start = int(state.step)
@@ -232,18 +175,18 @@ def fit(loop: Loop, state: TrainState, step_fn: Callable, batches: Callable[[int
   logging.info("[%s] steps %d..%d (%d per epoch)", loop.name, start, loop.num_steps,
                loop.steps_per_epoch)
   stream = batches(start)
-  acc, last_log, last_time = None, start, time.time()
+  pending, last_log, last_time = None, start, time.time()  # metrics not yet logged
   t_start = last_time
   with PreemptionWatch() as watch:
     for step in range(start, loop.num_steps):
       state, m = step_fn(state, next(stream), rng, *frozen)
-      acc = m if acc is None else acc.merge(m)
+      pending = m if pending is None else pending.merge(m)
       done = step + 1
       stop = watch.should_stop(done)
       epoch_end = done % loop.steps_per_epoch == 0
       if (done % loop.log_every == 0 or done == loop.num_steps or stop or epoch_end
           or loop.ckpt.due(done)):
-        values = {k: float(v) for k, v in acc.compute().items()}  # waits for the steps
+        values = {k: float(v) for k, v in pending.compute().items()}  # waits for the steps
         now = time.time()
         rate = loop.images_per_step * (done - last_log) / max(now - last_time, 1e-9)
         values.update(images_per_sec=rate, elapsed_s=now - loop.started,
@@ -253,7 +196,7 @@ def fit(loop: Loop, state: TrainState, step_fn: Callable, batches: Callable[[int
           values.update(loop.every_epoch(done // loop.steps_per_epoch, state))
         loop.writer.write(done, values)
         _progress(loop, done, values, now - t_start, start)
-        acc, last_log, last_time = None, done, time.time()
+        pending, last_log, last_time = None, done, time.time()
       saved = loop.ckpt.due(done) or stop
       if saved:
         loop.ckpt.save(done, state)
@@ -267,7 +210,7 @@ def fit(loop: Loop, state: TrainState, step_fn: Callable, batches: Callable[[int
   return state
 
 
-def _check_finite(loop: Loop, state: TrainState) -> int:
+def _check_finite(loop: LoopSettings, state: TrainState) -> int:
   """The count of non-finite steps so far; raises unless the config skips them."""
   bad = int(state.nonfinite_steps)
   if bad and not loop.skip_nonfinite:
@@ -281,9 +224,9 @@ def _check_finite(loop: Loop, state: TrainState) -> int:
   return bad
 
 
-def _progress(loop: Loop, done: int, values: dict[str, float], elapsed: float, start: int) -> None:
+def _progress(loop: LoopSettings, done: int, values: dict[str, float], elapsed: float, start: int) -> None:
   eta = elapsed / max(done - start, 1) * (loop.num_steps - done)
-  extra = "".join(f" {k} {v:.2f}" for k, v in values.items() if k.startswith(("knn", "eval")))
+  extra = "".join(f" {k} {v:.2f}" for k, v in values.items() if k.endswith("_top1"))
   skipped = f" skipped {values['nonfinite_steps']:.0f}" if values["nonfinite_steps"] else ""
   logging.info("[%s] step %d/%d epoch %.1f loss %.4f lr %.4g %.0f img/s ETA %s%s%s", loop.name,
                done, loop.num_steps, done / loop.steps_per_epoch, values["loss"], values["lr"],

@@ -17,10 +17,12 @@ def test_knn_votes_by_cosine_similarity():
   assert acc == 75.0
 
 
-def test_classify_top_k():
+def test_top_k_and_classifier_evaluation():
   logits = np.array([[0.1, 0.5, 0.2, 0.0, 0.3, 0.9], [2.0, 1.0, 0.0, -1.0, -2.0, -3.0]])
-  acc = evaluate.classify_top_k(logits, np.array([1, 0]))
+  acc = evaluate.top_k(logits, np.array([1, 0]))
   assert acc == {"top1": 50.0, "top5": 100.0}
+  named = evaluate.classifier_evaluation({"logits": logits, "label": np.array([1, 0])})
+  assert named == {"classifier_top1": 50.0, "classifier_top5": 100.0}
 
 
 def test_embedding_picture_is_a_png(tmp_path):

@@ -23,7 +23,7 @@ def tiny_config(method: str):
   c.linear.batch_size = 64
   c.linear.epochs = 2 / 22
   c.linear.augment = "cropflip"
-  c.knn.every_epochs = 0
+  c.eval_every_epochs = 0
   c.knn.num_train = 256
   c.log_every_steps = 1
   c.checkpoint_every_steps = 2
@@ -54,9 +54,10 @@ def test_all_methods_write_outputs(tmp_path):
     sub = os.path.join(workdir, method)
     with open(os.path.join(sub, "results.json")) as f:
       saved = json.load(f)
-    for key in ("linear_eval_top1", "linear_eval_top5"):
-      assert 0.0 <= saved[key] <= 100.0
-    assert saved["linear_eval_top5"] >= saved["linear_eval_top1"]
+    evaluation = "classifier" if method == "ce" else "linear"
+    assert saved["method"] == method and saved["stage"] == "all"
+    assert 0.0 <= saved[f"{evaluation}_top1"] <= saved[f"{evaluation}_top5"] <= 100.0
+    assert 0.0 <= saved["knn_top1"] <= 100.0
     rows = _jsonl(os.path.join(sub, "metrics.jsonl"))
     assert [r["step"] for r in rows[:2]] == [1, 2]
     for r in rows:
@@ -73,8 +74,8 @@ def test_all_methods_write_outputs(tmp_path):
   linear.pretrain_workdir = os.path.join(workdir, "supcon")
   linear.pretrain_step = 2
   again = experiment.train_and_evaluate(linear, os.path.join(workdir, "linear_only"))
-  assert again["pretrain_steps"] == 2
-  assert 0.0 <= again["linear_eval_top1"] <= 100.0
+  assert again["encoder_steps"] == 2
+  assert 0.0 <= again["linear_top1"] <= 100.0
   linear.pretrain_step = 7
   with pytest.raises(FileNotFoundError, match="no checkpoint 7"):
     experiment.train_and_evaluate(linear, os.path.join(workdir, "linear_7"))

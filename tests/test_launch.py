@@ -179,7 +179,7 @@ def test_colab_notebook_runs_on_cpu(tmp_path):
 
   results = json.loads((workdir / "results.json").read_text())
   assert results["method"] == "supcon" and results["epochs"] == 1
-  assert 0 <= results["linear_eval_top1"] <= results["linear_eval_top5"] <= 100, results
+  assert 0 <= results["linear_top1"] <= results["linear_top5"] <= 100, results
   for picture in ("embedding.png", "loss.png"):
     assert (workdir / picture).read_bytes().startswith(b"\x89PNG"), picture
   executed = nbformat.read(tmp_path / "executed.ipynb", as_version=4)

@@ -9,9 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from supcon_jax import methods, models
 from supcon_jax.config import base_config
 from supcon_jax.models import (CEModel, LinearClassifier, ProjectionHead, ResNet, SupConModel,
-                               build_encoder, build_model, feature_dim)
+                               build_encoder, feature_dim)
 from supcon_jax.models.heads import l2_normalize
 from supcon_jax.models.resnet import BottleneckBlock
 
@@ -274,14 +275,14 @@ def test_linear_classifier():
   np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_build_model_from_config():
+def test_each_method_builds_its_model_from_config():
   cfg = base_config().model
   cfg.depth, cfg.width, cfg.stem, cfg.head, cfg.proj_dim = 50, 0.5, "imagenet", "linear", 64
   cfg.zero_init_residual, cfg.dtype = True, "bfloat16"
   for method in ("supcon", "simclr"):
-    model = build_model(cfg, method, num_classes=10)
+    model = methods.get(method).build_model(cfg, 10)
     assert model == SupConModel(50, 0.5, "imagenet", True, jnp.bfloat16, "linear", 64)
-  assert build_model(cfg, "ce", num_classes=10) == CEModel(50, 10, 0.5, "imagenet", True,
+  assert methods.get("ce").build_model(cfg, 10) == CEModel(50, 10, 0.5, "imagenet", True,
                                                            jnp.bfloat16)
   assert build_encoder(cfg) == ResNet(50, 0.5, "imagenet", True, jnp.bfloat16)
   cfg.dtype = "float32"
@@ -300,11 +301,11 @@ def test_build_model_rejects_bad_config(field, value, culprit):
   else:
     cfg[field] = value
   with pytest.raises(ValueError, match=culprit):
-    build_model(cfg, method, num_classes=10)
+    methods.get(method).build_model(cfg, 10)
 
 
 def test_resnet_rejects_bad_depth_and_stem():
-  with pytest.raises(ValueError, match=r"42.*\[18, 34, 50, 101, 152, 200\]"):
+  with pytest.raises(ValueError, match=r"depth=42 is not one of 18, 34, 50, 101, 152, 200"):
     ResNet(42)
   with pytest.raises(ValueError, match=r"'tiny'.*cifar.*imagenet"):
     ResNet(18, stem="tiny")
@@ -325,3 +326,37 @@ def test_resnet_rejects_too_small_images(stem, too_small, smallest):
   assert r.shape == (1, 64)
   with pytest.raises(ValueError, match="N, H, W, C"):
     abstract_init(model, (smallest, smallest, 3))
+
+
+def test_forward_macs_count_resnet18_layer_by_layer():
+  # Width 1/64: 1, 2, 4, 8 channels in stages 1-4 at 8, 4, 2, 1 pixels a side.
+  got = models.forward_macs(18, 1 / 64, "cifar", 8) + models.head_macs("linear", 8, 2)
+  conv = lambda side, k, c_in, c_out: side * side * k * k * c_in * c_out
+  expected = conv(8, 3, 3, 1) + 4 * conv(8, 3, 1, 1)  # stem, stage 1
+  for c, side in ((2, 4), (4, 2), (8, 1)):
+    first = conv(side, 3, c // 2, c) + conv(side, 3, c, c) + conv(side, 1, c // 2, c)
+    expected += first + 2 * conv(side, 3, c, c)
+  expected += 8 * 2  # linear head
+  assert got == expected
+  assert models.head_macs("mlp", 8, 2) == 8 * 8 + 8 * 2
+
+
+# XLA counts 2 FLOPs per multiply-accumulate of the convs it runs (taps inside the image only)
+# plus the elementwise work (BatchNorm, ReLU, residual adds, pooling): above the analytic
+# count by less than `extra` at full width. A missing layer (ResNet-18's three projection
+# shortcuts are 1.3% of its MACs) or a double-counted one falls outside.
+@pytest.mark.parametrize("depth,stem,size,extra", [(18, "cifar", 32, 0.005),
+                                                   (18, "imagenet", 64, 0.007),
+                                                   (50, "cifar", 16, 0.02),
+                                                   (50, "imagenet", 64, 0.02)])
+def test_forward_macs_against_xla_cost_analysis(depth, stem, size, extra):
+  model = ResNet(depth, stem=stem)
+  variables = jax.eval_shape(lambda: model.init(KEY, jnp.zeros((1, size, size, 3)), train=False))
+  fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  cost = fn.lower(variables, jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)).compile()
+  cost = cost.cost_analysis()
+  xla_flops = (cost[0] if isinstance(cost, list) else cost)["flops"] / 2  # per image
+  analytic = 2 * models.forward_macs(depth, 1.0, stem, size, count_padding=False)
+  assert 0 <= xla_flops / analytic - 1 < extra
+  # Counting the padding's taps too (the convention of the reference figures) adds to it.
+  assert models.forward_macs(depth, 1.0, stem, size) > analytic / 2

@@ -206,7 +206,7 @@ def test_linear_stage_config_builds():
 
 
 def test_unknown_name_lists_valid_ones():
-  with pytest.raises(ValueError, match=r"'adam'.*adamw.*lars.*rmsprop.*sgd"):
+  with pytest.raises(ValueError, match=r"'adam'.*lars.*sgd.*rmsprop.*adamw"):
     optim.make_optimizer(_config(name="adam"), batch_size=256, steps_per_epoch=1,
                          total_steps=10)
 

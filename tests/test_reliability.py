@@ -44,7 +44,7 @@ def get_config():
   c.batch_size = 64
   c.epochs = {STEPS} / 4
   c.optim.warmup_epochs = 0.5
-  c.knn.every_epochs = 0
+  c.eval_every_epochs = 0
   c.log_every_steps = 1
   c.checkpoint_every_steps = 1
   c.keep_checkpoints = 100

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from supcon_jax import config as config_lib, models, optim, sharding, train
+from supcon_jax import config as config_lib, methods, optim, sharding, train
 
 
 def _tiny_config(method="supcon"):
@@ -22,14 +22,14 @@ def _tiny_config(method="supcon"):
 
 
 def _run_steps(config, mesh, images, labels, num_steps=3):
-  model = models.build_model(config.model, config.method, 10)
+  method = methods.get(config.method)
+  model = method.build_model(config.model, 10)
   tx, _ = optim.make_optimizer(config.optim, batch_size=config.batch_size, steps_per_epoch=10,
                                total_steps=10)
   rng = jax.random.PRNGKey(0)
   params, batch_stats = train.init_model(model, 0, images.shape[1:], mesh)
   state = train.create_state(params, batch_stats, tx, mesh)
-  loss_fn, _ = train.pretrain_loss_fn(config, model, mesh)
-  step = train.make_step(loss_fn, tx, mesh)
+  step = train.make_step(method.loss_fn(config, model, mesh), tx, mesh)
   batch = sharding.to_global({"image": images, "label": labels}, mesh)
   losses = []
   for _ in range(num_steps):

@@ -120,6 +120,7 @@ def load_digits(image_size: int, *, split: str, per_class: int = DIGITS_EVAL_PER
 
 def make_arrays_source(data_config, *, split: str, global_batch: int,
                        mesh: jax.sharding.Mesh, seed: int) -> ArraySource:
+  """The built-in in-memory dataset `data_config.name` (digits), split "train" or "eval"."""
   if data_config.name != "digits":
     raise ValueError(f"data.source='arrays' has one built-in dataset, 'digits'; got "
                      f"data.name={data_config.name!r}. Use ArraySource.from_arrays for your "

@@ -46,6 +46,7 @@ class Source:
 
 
 def check_num_classes(found: int, configured: int, what: str) -> None:
+  """ValueError unless the dataset `what` has the configured number of classes."""
   if found != configured:
     raise ValueError(f"data.num_classes={configured} but {what} has {found} classes")
 

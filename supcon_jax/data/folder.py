@@ -20,10 +20,12 @@ import jax
 import numpy as np
 from PIL import Image
 
+from supcon_jax.checks import one_of
 from supcon_jax.data.arrays import ArraySource
 from supcon_jax.data.base import EVAL_CROP, Source, check_num_classes, stratified_holdout
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+BAD_IMAGES = ("fail", "skip")  # data.bad_images: stop at an unreadable image, or skip it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +40,7 @@ class FileList:
     return len(self.paths)
 
   def subset(self, indices: np.ndarray) -> FileList:
+    """The files at `indices`, with their labels."""
     return FileList(self.root, tuple(self.paths[i] for i in indices),
                     tuple(self.labels[i] for i in indices), self.classes)
 
@@ -156,8 +159,8 @@ def load_images(files: FileList, size: int, *, host_resize: bool = False,
 
 def make_folder_source(data_config, *, split: str, global_batch: int,
                        mesh: jax.sharding.Mesh, seed: int) -> Source:
-  if data_config.bad_images not in ("fail", "skip"):
-    raise ValueError(f"data.bad_images={data_config.bad_images!r}; expected 'fail' or 'skip'")
+  """The image folder `data_config` names: in device memory, or streamed through tf.data."""
+  one_of("data.bad_images", data_config.bad_images, BAD_IMAGES)
   files = folder_files(data_config, split)
   check_num_classes(len(files.classes), data_config.num_classes, f"image folder {files.root}")
   if data_config.in_memory:

@@ -40,6 +40,7 @@ ASPECT_RANGE = (3 / 4, 4 / 3)  # Inception-style random-resized crop
 
 
 def decode(data: tf.Tensor) -> tf.Tensor:
+  """An encoded image (JPEG, PNG, ...) as uint8 [H, W, 3]."""
   return tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
 
 
@@ -83,6 +84,7 @@ def random_crop(encoded: tf.Tensor, seed: tf.Tensor, size: int,
 
 
 def eval_image(encoded: tf.Tensor, size: int, host_resize: bool) -> tf.Tensor:
+  """The evaluation transform: centre crop (host_resize) or a plain resize to size x size."""
   image = decode(encoded)
   return center_crop(image, size) if host_resize else resize(image, size)
 

@@ -14,6 +14,7 @@ from supcon_jax.data.base import Source, check_num_classes
 
 def make_tfds_source(data_config, *, split: str, global_batch: int,
                      mesh: jax.sharding.Mesh, seed: int) -> Source:
+  """The TFDS dataset `data_config.name`, split "train" or "eval", through tf.data."""
   from supcon_jax.data import tfdata  # pylint: disable=g-import-not-at-top  # hides the GPU first
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tf = tfdata.tf

@@ -1,47 +1,26 @@
-"""Model construction from the `model` section of the config."""
+"""ResNet encoders, heads, and the models the methods train (built from `config.model`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import flax.linen as nn
-import jax.numpy as jnp
+from supcon_jax.models.heads import (HEADS, CEModel, LinearClassifier, ProjectionHead,
+                                     SupConModel, head_macs)
+from supcon_jax.models.resnet import (DEPTHS, DTYPES, STEMS, ResNet, compute_dtype, feature_dim,
+                                      forward_macs)
 
-from supcon_jax.models.heads import CEModel, LinearClassifier, ProjectionHead, SupConModel
-from supcon_jax.models.resnet import ResNet, feature_dim
-
-__all__ = ["CEModel", "LinearClassifier", "ProjectionHead", "ResNet", "SupConModel",
-           "build_encoder", "build_model", "compute_dtype", "feature_dim"]
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-CONTRASTIVE_METHODS = ("supcon", "simclr")
-METHODS = CONTRASTIVE_METHODS + ("ce",)
+__all__ = ["CEModel", "DEPTHS", "DTYPES", "HEADS", "LinearClassifier", "ProjectionHead",
+           "ResNet", "STEMS", "SupConModel", "build_encoder", "compute_dtype", "encoder_kwargs",
+           "feature_dim", "forward_macs", "head_macs"]
 
 
-def compute_dtype(name: Any) -> Any:
-  """The computation dtype for a config name ("float32" | "bfloat16") or such a dtype itself."""
-  key = name if isinstance(name, str) else jnp.dtype(name).name
-  if key not in DTYPES:
-    raise ValueError(f"unknown model dtype {name!r}; valid dtypes: {list(DTYPES)}")
-  return DTYPES[key]
-
-
-def _encoder_kwargs(model_config) -> dict[str, Any]:
+def encoder_kwargs(model_config: Any) -> dict[str, Any]:
+  """The ResNet fields of `config.model`, as every model's constructor takes them."""
   return dict(depth=model_config.depth, width=model_config.width, stem=model_config.stem,
               zero_init_residual=model_config.zero_init_residual,
               dtype=compute_dtype(model_config.dtype))
 
 
-def build_encoder(model_config) -> ResNet:
-  """The ResNet alone (its variables are those under "encoder" in build_model's model)."""
-  return ResNet(**_encoder_kwargs(model_config))
-
-
-def build_model(model_config, method: str, num_classes: int) -> nn.Module:
-  """SupConModel for supcon/simclr, CEModel (with `num_classes` logits) for ce."""
-  if method in CONTRASTIVE_METHODS:
-    return SupConModel(**_encoder_kwargs(model_config), head=model_config.head,
-                       proj_dim=model_config.proj_dim)
-  if method == "ce":
-    return CEModel(num_classes=num_classes, **_encoder_kwargs(model_config))
-  raise ValueError(f"unknown method {method!r}; valid methods: {list(METHODS)}")
+def build_encoder(model_config: Any) -> ResNet:
+  """The ResNet alone (its variables are those under "encoder" in every method's model)."""
+  return ResNet(**encoder_kwargs(model_config))

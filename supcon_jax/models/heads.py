@@ -14,9 +14,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from supcon_jax.checks import one_of
 from supcon_jax.models.resnet import ResNet, check_encoder_args, feature_dim
 
-HEADS = ("mlp", "linear")
+HEADS = ("mlp", "linear")  # mlp: Dense(d)-ReLU-Dense(proj_dim) | linear: Dense(proj_dim)
 
 
 def l2_normalize(z: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -29,9 +30,13 @@ def l2_normalize(z: jax.Array, eps: float = 1e-12) -> jax.Array:
   return z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), eps * eps))
 
 
-def check_head(kind: str) -> None:
-  if kind not in HEADS:
-    raise ValueError(f"unknown projection head {kind!r}; valid heads: {list(HEADS)}")
+def head_macs(kind: str, in_dim: int, out_dim: int, hidden_dim: int | None = None) -> int:
+  """Multiply-accumulates of `ProjectionHead(kind)` on one representation of `in_dim`."""
+  one_of("projection head", kind, HEADS)
+  if kind == "linear":
+    return in_dim * out_dim
+  hidden = hidden_dim or in_dim
+  return in_dim * hidden + hidden * out_dim
 
 
 class ProjectionHead(nn.Module):
@@ -42,7 +47,7 @@ class ProjectionHead(nn.Module):
   dtype: Any = jnp.float32
 
   def __post_init__(self):
-    check_head(self.kind)
+    one_of("projection head", self.kind, HEADS)
     super().__post_init__()
 
   @nn.compact
@@ -66,7 +71,7 @@ class SupConModel(nn.Module):
 
   def __post_init__(self):
     check_encoder_args(self.depth, self.width, self.stem)
-    check_head(self.head)
+    one_of("projection head", self.head, HEADS)
     super().__post_init__()
 
   @nn.compact

@@ -18,6 +18,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from supcon_jax.checks import one_of
+
 STAGE_SIZES = {
     18: (2, 2, 2, 2),
     34: (3, 4, 6, 3),
@@ -26,33 +28,34 @@ STAGE_SIZES = {
     152: (3, 8, 36, 3),
     200: (3, 24, 36, 3),
 }
+DEPTHS = tuple(STAGE_SIZES)
 BOTTLENECK_DEPTHS = (50, 101, 152, 200)
 # Total downsampling of each stem and the three stride-2 stages. A smaller image side would leave
 # some stride-2 layer a 1-pixel input (all padding around it) and the last stage below 1 pixel
 # per output, which the padding would only hide.
 MIN_IMAGE_SIZE = {"cifar": 8, "imagenet": 32}
 STEMS = tuple(MIN_IMAGE_SIZE)
+# Computation dtypes by config name; parameters are always float32. float16 is left out: without
+# loss scaling its range overflows in the contrastive logits and BatchNorm statistics.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 # torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu"): an untruncated normal.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def check_depth(depth: int) -> None:
-  if depth not in STAGE_SIZES:
-    raise ValueError(f"unknown ResNet depth {depth!r}; valid depths: {sorted(STAGE_SIZES)}")
-
-
-def check_width(width: float) -> None:
+def check_encoder_args(depth: int, width: float, stem: str = "cifar") -> None:
+  """ValueError naming the bad field; called where a model is built, not at its first init."""
+  one_of("ResNet depth", depth, DEPTHS)
+  one_of("ResNet stem", stem, STEMS)
   if not width > 0:
     raise ValueError(f"ResNet width multiplier must be > 0, got {width!r}")
 
 
-def check_encoder_args(depth: int, width: float, stem: str) -> None:
-  """ValueError naming the bad field; called where a model is built, not at its first init."""
-  check_depth(depth)
-  check_width(width)
-  if stem not in STEMS:
-    raise ValueError(f"unknown ResNet stem {stem!r}; valid stems: {list(STEMS)}")
+def compute_dtype(name: Any) -> Any:
+  """The computation dtype for a config name ("float32" | "bfloat16") or such a dtype itself."""
+  key = name if isinstance(name, str) else jnp.dtype(name).name
+  one_of("model dtype", key, DTYPES)
+  return DTYPES[key]
 
 
 def stage_channels(width: float, stage: int) -> int:
@@ -62,8 +65,7 @@ def stage_channels(width: float, stage: int) -> int:
 
 def feature_dim(depth: int, width: float = 1.0) -> int:
   """Size of the representation r of a ResNet of this depth and width."""
-  check_depth(depth)
-  check_width(width)
+  check_encoder_args(depth, width)
   expansion = 4 if depth in BOTTLENECK_DEPTHS else 1
   return stage_channels(width, 3) * expansion
 
@@ -176,3 +178,61 @@ class ResNet(nn.Module):
     # Pool in float32: r feeds the normalised projection and the linear probe.
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
+
+
+def forward_macs(depth: int, width: float = 1.0, stem: str = "cifar", image_size: int = 32,
+                 *, count_padding: bool = True) -> int:
+  """Multiply-accumulates of one image's forward pass through every conv of `ResNet`.
+
+  Walks the same layers as `ResNet.__call__`; BatchNorm, ReLU and pooling are left out (a
+  fraction of a percent of the FLOPs, none of them on matrix units). By default every kernel
+  tap counts, also where it meets the zero padding (the usual convention, and what the
+  hardware computes); `count_padding=False` counts only taps inside the image, as XLA's
+  cost analysis does.
+  """
+  check_encoder_args(depth, width, stem)
+  macs, size = 0, image_size
+
+  def conv(c_in: int, c_out: int, kernel: int, stride: int) -> None:
+    nonlocal macs, size
+    taps = (_taps_inside(size, kernel, stride) if not count_padding
+            else _conv_out(size, kernel, stride) * kernel)  # output positions x taps, one axis
+    size = _conv_out(size, kernel, stride)
+    macs += taps * taps * c_in * c_out
+
+  channels = stage_channels(width, 0)
+  if stem == "imagenet":
+    conv(3, channels, 7, 2)
+    size = _conv_out(size, 3, 2)  # the max-pool
+  else:
+    conv(3, channels, 3, 1)
+  bottleneck = depth in BOTTLENECK_DEPTHS
+  for stage, num_blocks in enumerate(STAGE_SIZES[depth]):
+    c = stage_channels(width, stage)
+    c_out = 4 * c if bottleneck else c
+    for i in range(num_blocks):
+      stride = 2 if stage > 0 and i == 0 else 1
+      c_in = channels
+      if bottleneck:
+        conv(c_in, c, 1, 1)
+        conv(c, c, 3, stride)
+        conv(c, c_out, 1, 1)
+      else:
+        conv(c_in, c, 3, stride)
+        conv(c, c, 3, 1)
+      if stride != 1 or c_in != c_out:  # projection shortcut, at the block's output size
+        macs += size * size * c_in * c_out
+      channels = c_out
+  return macs
+
+
+def _conv_out(size: int, kernel: int, stride: int) -> int:
+  pad = (kernel - 1) // 2  # the symmetric padding of `_conv`
+  return (size + 2 * pad - kernel) // stride + 1
+
+
+def _taps_inside(size: int, kernel: int, stride: int) -> int:
+  """(output position, kernel tap) pairs along one axis whose input lies inside the image."""
+  pad = (kernel - 1) // 2
+  return sum(0 <= i * stride - pad + j < size
+             for i in range(_conv_out(size, kernel, stride)) for j in range(kernel))

@@ -1,4 +1,4 @@
-"""The benchmark harness on the CPU: tiny cases run, rows are complete, FLOPs are right."""
+"""The speed benchmark on the CPU: tiny cases run, rows are complete, FLOPs are right."""
 
 import json
 
@@ -6,29 +6,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from supcon_jax import bench
+from benchmarks import speed
 
-# Issue 4's analytic training cost per image (forward + backward), GFLOP.
-ISSUE_GFLOP = [((50, "cifar", 32), 7.8), ((18, "cifar", 32), 3.3), ((50, "imagenet", 224), 24.6)]
+# The training cost per image (forward + backward) the reference table is based on, GFLOP.
+REFERENCE_GFLOP = [((50, "cifar", 32), 7.8), ((18, "cifar", 32), 3.3),
+                   ((50, "imagenet", 224), 24.6)]
 
 
-@pytest.mark.parametrize("arch,gflop", ISSUE_GFLOP)
-def test_flops_match_the_issue(arch, gflop):
+@pytest.mark.parametrize("arch,gflop", REFERENCE_GFLOP)
+def test_flops_match_the_reference_figures(arch, gflop):
   depth, stem, size = arch
-  got = bench.train_flops_per_image(depth, 1.0, stem, size) / 1e9
+  got = speed.train_flops_per_image(speed.Case(depth=depth, stem=stem, image_size=size)) / 1e9
   assert got == pytest.approx(gflop, rel=0.05)
-
-
-def test_flops_count_resnet18_layer_by_layer():
-  # Width 1/64: 1, 2, 4, 8 channels in stages 1-4 at 8, 4, 2, 1 pixels a side.
-  got = bench.forward_macs(18, 1 / 64, "cifar", 8, head="linear", proj_dim=2)
-  conv = lambda side, k, c_in, c_out: side * side * k * k * c_in * c_out
-  expected = conv(8, 3, 3, 1) + 4 * conv(8, 3, 1, 1)  # stem, stage 1
-  for c, side in ((2, 4), (4, 2), (8, 1)):
-    first = conv(side, 3, c // 2, c) + conv(side, 3, c, c) + conv(side, 1, c // 2, c)
-    expected += first + 2 * conv(side, 3, c, c)
-  expected += 8 * 2  # linear head
-  assert got == expected
 
 
 def _write_folder(root, classes=2, per_class=10, size=8):
@@ -44,7 +33,7 @@ def test_e2e_case_gives_step_and_e2e_rows_and_json(tmp_path):
   _write_folder(tmp_path / "train")
   out = tmp_path / "rows.json"
   # float32 and no augmentation only to keep the CPU compile short.
-  rows = bench.main(["--case", "e2e", "--data-dir", str(tmp_path / "train"), "--depth", "18",
+  rows = speed.main(["--case", "e2e", "--data-dir", str(tmp_path / "train"), "--depth", "18",
                      "--width", "0.0625", "--image-size", "8", "--batch", "16",
                      "--num-classes", "2", "--dtype", "float32", "--augment", "none",
                      "--devices", "1", "--warmup", "1", "--windows", "2",
@@ -64,43 +53,56 @@ def test_e2e_case_gives_step_and_e2e_rows_and_json(tmp_path):
   written = json.loads(out.read_text())
   assert written["environment"]["device_kind"] and written["environment"]["jax"]
   assert [r["case"] for r in written["rows"]] == ["step", "e2e"]
-  assert "| e2e | R18x0.0625 cifar 8px supcon |" in bench.format_table(rows)
+  assert "| e2e | R18x0.0625 cifar 8px supcon |" in speed.format_table(rows)
 
 
 def test_loss_case(tmp_path):
-  rows = bench.run_case(bench.Case(case="loss", rows=256, block_size=64, warmup=1, windows=2,
+  rows = speed.run_case(speed.Case(case="loss", rows=256, block_size=64, warmup=1, windows=2,
                                    steps_per_window=2))
   (r,) = rows
   assert r["rows"] == 256 and r["block_size"] == 64
   assert r["step_ms"] > 0 and r["compile_s"] > 0 and r["xla_temp_bytes"] > 0
-  assert "supcon loss 256 rows block 64" in bench.format_table(rows)
+  assert "supcon loss 256 rows block 64" in speed.format_table(rows)
 
 
 def test_bad_cases_name_the_flag():
   with pytest.raises(ValueError, match="--rows"):
-    bench.run_case(bench.Case(case="loss", rows=255))
+    speed.run_case(speed.Case(case="loss", rows=255))
   with pytest.raises(ValueError, match="--data-dir"):
-    bench.run_case(bench.Case(case="e2e"))
+    speed.run_case(speed.Case(case="e2e"))
   with pytest.raises(ValueError, match="--windows"):
-    bench.run_case(bench.Case(case="step", windows=0))
+    speed.run_case(speed.Case(case="step", windows=0))
 
 
-def test_issue4_suite_cases():
-  plain = bench.suite_cases("issue4")
+def test_reference_suite_cases():
+  plain = speed.suite_cases("reference")
   assert [c[1] for c in plain] == ["step"] * 3 + ["loss"] * 5
-  with_data = bench.suite_cases("issue4", "/data/train")
+  with_data = speed.suite_cases("reference", "/data/train")
   assert [c[1] for c in with_data[:2]] == ["e2e", "e2e"]
   assert ["--depth", "50", "--stem", "imagenet", "--image-size", "224", "--batch", "128"] == \
       plain[2][2:10]
   assert [c[3] for c in plain[3:]] == ["2048", "8192", "16384", "16384", "16384"]
-  assert plain[-1][-2:] == ["--block-size", "2048"]
+  assert plain[-1][-4:-2] == ["--block-size", "2048"]
+  # Every row of the suite has a reference figure, and every reference figure a row.
+  produced = {"step": ["_step"], "e2e": ["_step", "_e2e"], "loss": [""]}
+  rows = {c[c.index("--label") + 1] + suffix for c in with_data for suffix in produced[c[1]]}
+  assert rows == set(speed.REFERENCE)
+
+
+def test_rows_are_compared_with_the_reference():
+  step = speed.compare_to_reference({"label": "r18_cifar_step", "images_per_s": 96_856.0})
+  assert step["speedup"] == pytest.approx(2.0) and step["reference"]["images_per_s"] == 48_428
+  loss = speed.compare_to_reference({"label": "loss_16384", "step_ms": 4.315})
+  assert loss["speedup"] == pytest.approx(4.0)
+  assert "speedup" not in speed.compare_to_reference({"label": "", "step_ms": 1.0})
 
 
 def test_suite_runs_each_case_in_its_own_process(monkeypatch, tmp_path):
   cases = [["--case", "loss", "--rows", "256"], ["--case", "loss", "--rows", "7"]]
-  monkeypatch.setattr(bench, "suite_cases", lambda name, data_dir: cases)
+  monkeypatch.setattr(speed, "suite_cases", lambda name, data_dir: cases)
   out = tmp_path / "suite.json"
-  rows = bench.main(["--suite", "issue4", "--warmup", "0", "--windows", "1", "--json", str(out)])
+  rows = speed.main(["--suite", "reference", "--warmup", "0", "--windows", "1", "--json",
+                     str(out)])
   assert rows[0]["rows"] == 256 and rows[0]["step_ms"] > 0
   assert rows[1]["error"] == 1  # odd rows: the child exits 1 and the suite goes on
   written = json.loads(out.read_text())

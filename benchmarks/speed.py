@@ -1,14 +1,13 @@
-"""Throughput benchmarks of the real trainer step: `python -m supcon_jax.bench ...`.
+"""Throughput and memory of the real trainer step: `python -m benchmarks.speed ...`.
 
-  python -m supcon_jax.bench --case step --depth 50 --stem cifar --image-size 32 --batch 512
-  python -m supcon_jax.bench --case loss --rows 16384 [--block-size 1024]
-  python -m supcon_jax.bench --case e2e --data-dir .data/train --depth 18
-  python -m supcon_jax.bench --suite issue4 [--data-dir .data/train] --json issue4.json
+  python -m benchmarks.speed --case step --depth 50 --stem cifar --image-size 32 --batch 512
+  python -m benchmarks.speed --case loss --rows 16384 [--block-size 1024]
+  python -m benchmarks.speed --case e2e --data-dir .data/train --depth 18
+  python -m benchmarks.speed --suite reference [--data-dir .data/train] --json speed.json
 
-The step is what `experiment` runs: `models.build_model`, on-device augmentation from
-`train.augment_for`, SupCon through `train.contrastive_loss_fn` (or CE), LARS from
-`optim.make_optimizer`, `train.make_step` with the state donated, and a per-step key
-(`fold_in(rng, state.step)` inside the step). Inputs are random uint8 images sharded over
+The step is what `experiment` runs: the method's model and loss from `methods.py` (on-device
+augmentation included), LARS from `optim.make_optimizer`, `train.make_step` with the state
+donated, and a per-step key (`fold_in(rng, state.step)` inside the step). Inputs are random uint8 images sharded over
 the mesh with `sharding.to_global`; e2e feeds the step from the image-folder source held in
 device memory instead.
 
@@ -20,10 +19,10 @@ next one, a cost the training loop does not pay; a window keeps dispatch running
 in `train.fit` and still gives a spread. Device-to-host transfers are disallowed while
 timing, so a host sync that sneaks into the step fails the benchmark instead of slowing it.
 
-MFU uses analytic FLOPs (`train_flops_per_image`: 2 x MACs of every conv and dense layer,
-x3 for forward + backward): XLA's cost_analysis() leaves cuDNN convolutions out on GPU.
-Each suite case runs in its own process, so peak memory (a process-wide high-water mark)
-and compile time belong to that case alone.
+MFU uses analytic FLOPs (`train_flops_per_image`: 2 x the MACs `models.forward_macs` and
+`models.head_macs` count, x3 for forward + backward): XLA's cost_analysis() leaves cuDNN
+convolutions out on GPU. Each suite case runs in its own process, so peak memory (a
+process-wide high-water mark) and compile time belong to that case alone.
 """
 
 from __future__ import annotations
@@ -46,11 +45,11 @@ import jaxlib
 import ml_collections
 import numpy as np
 
-from supcon_jax import config as config_lib, data, losses, models, optim, sharding, train
-from supcon_jax.models import resnet
+from supcon_jax import augment, config as config_lib, data, losses, methods, models, optim
+from supcon_jax import report, sharding, train
+from supcon_jax.checks import one_of
 
 CASES = ("step", "loss", "e2e")
-SUITES = ("issue4",)
 GIB = 2**30
 # Dense (no sparsity) datasheet TFLOP/s per device: (bfloat16, float32). float32 counts the
 # TF32 tensor-core rate, which XLA's default precision uses for float32 convs and matmuls on
@@ -79,6 +78,7 @@ class Case:
   data_dir: str = ""
   devices: int | None = None  # None: every device
   donate: bool = True
+  label: str = ""  # names the rows: "<label>_step" and "<label>_e2e", or the loss's "<label>"
   warmup: int = 5
   windows: int = 10
   steps_per_window: int = 5
@@ -89,58 +89,15 @@ class Case:
 # ------------------------------------------------------------------- analytic FLOPs
 
 
-def _conv_out(size: int, kernel: int, stride: int) -> int:
-  pad = (kernel - 1) // 2  # the models' symmetric padding
-  return (size + 2 * pad - kernel) // stride + 1
-
-
-def forward_macs(depth: int, width: float = 1.0, stem: str = "cifar", image_size: int = 32,
-                 head: str = "mlp", proj_dim: int = 128) -> int:
-  """Multiply-accumulates of one image's forward pass: every conv and dense layer.
-
-  Walks the layers of `models.resnet.ResNet` and the projection head; BatchNorm, ReLU,
-  pooling and the loss are left out (a few percent of the FLOPs, none on tensor cores).
-  """
-  resnet.check_encoder_args(depth, width, stem)
-  macs, size = 0, image_size
-
-  def conv(c_in: int, c_out: int, kernel: int, stride: int) -> None:
-    nonlocal macs, size
-    size = _conv_out(size, kernel, stride)
-    macs += size * size * kernel * kernel * c_in * c_out
-
-  channels = resnet.stage_channels(width, 0)
-  if stem == "imagenet":
-    conv(3, channels, 7, 2)
-    size = _conv_out(size, 3, 2)  # max-pool
-  else:
-    conv(3, channels, 3, 1)
-  bottleneck = depth in resnet.BOTTLENECK_DEPTHS
-  for stage, num_blocks in enumerate(resnet.STAGE_SIZES[depth]):
-    c = resnet.stage_channels(width, stage)
-    c_out = 4 * c if bottleneck else c
-    for i in range(num_blocks):
-      stride = 2 if stage > 0 and i == 0 else 1
-      c_in = channels
-      if bottleneck:
-        conv(c_in, c, 1, 1)
-        conv(c, c, 3, stride)
-        conv(c, c_out, 1, 1)
-      else:
-        conv(c_in, c, 3, stride)
-        conv(c, c, 3, 1)
-      if stride != 1 or c_in != c_out:  # projection shortcut, at the block's output size
-        macs += size * size * c_in * c_out
-      channels = c_out
-  feat = resnet.feature_dim(depth, width)
-  macs += feat * feat + feat * proj_dim if head == "mlp" else feat * proj_dim
-  return macs
-
-
-def train_flops_per_image(depth: int, width: float = 1.0, stem: str = "cifar",
-                          image_size: int = 32, head: str = "mlp", proj_dim: int = 128) -> float:
+def train_flops_per_image(case: Case) -> float:
   """FLOPs of one image's training step: forward 2 x MACs, backward twice the forward."""
-  return 3 * 2 * forward_macs(depth, width, stem, image_size, head, proj_dim)
+  encoder = models.forward_macs(case.depth, case.width, case.stem, case.image_size)
+  feat = models.feature_dim(case.depth, case.width)
+  if methods.get(case.method).contrastive:
+    head = models.head_macs("mlp", feat, 128)
+  else:  # the classifier
+    head = models.head_macs("linear", feat, case.num_classes)
+  return 3 * 2 * (encoder + head)
 
 
 def peak_tflops(device_kind: str, dtype: str) -> float | None:
@@ -155,9 +112,13 @@ def peak_tflops(device_kind: str, dtype: str) -> float | None:
 
 
 def environment() -> dict[str, Any]:
+  """The device, software versions and date a measurement belongs to."""
   devices = jax.devices()
+  # "cuda 13000" style on GPU; the CPU client reports its own (non-CUDA) version string.
+  platform_version = getattr(devices[0].client, "platform_version", "")
   return {"device_kind": devices[0].device_kind, "platform": devices[0].platform,
           "device_count": len(devices), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+          "platform_version": platform_version,
           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
           "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
@@ -225,7 +186,8 @@ def _model_name(case: Case) -> str:
 
 def _compiled_step(case: Case, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
   """(compiled step, state, synthetic batch, rng, row fields) for the trainer's own step."""
-  model = models.build_model(config.model, config.method, config.data.num_classes)
+  method = methods.get(config.method)
+  model = method.build_model(config.model, config.data.num_classes)
   tx, _ = optim.make_optimizer(config.optim, batch_size=config.batch_size, steps_per_epoch=100,
                                total_steps=10_000)
   image_shape = (case.image_size, case.image_size, 3)
@@ -234,8 +196,8 @@ def _compiled_step(case: Case, config: ml_collections.ConfigDict, mesh: jax.shar
   state = train.create_state(params, batch_stats, tx, mesh)
   jax.block_until_ready(state)
   init_s = time.perf_counter() - start
-  loss_fn, views = train.pretrain_loss_fn(config, model, mesh)
-  step = train.make_step(loss_fn, tx, mesh, donate=case.donate)
+  views = method.views(config)
+  step = train.make_step(method.loss_fn(config, model, mesh), tx, mesh, donate=case.donate)
   rng = np.random.default_rng(0)  # random pixels: zeros can run faster than real images
   batch = sharding.to_global(
       {"image": rng.integers(0, 256, (case.batch,) + image_shape, dtype=np.uint8),
@@ -253,7 +215,7 @@ class _Runner:
 
   def __init__(self, compiled, state, key):
     self.compiled, self.state, self.key = compiled, state, key
-    self.acc = None
+    self.pending = None  # the metrics, merged on the device as train.fit does
     self.donated = None
 
   def __call__(self, batches, k: int) -> None:
@@ -262,8 +224,8 @@ class _Runner:
       self.state, m = self.compiled(self.state, next(batches), self.key)
       if old is not None:  # donation worked if XLA reused (and so deleted) every input buffer
         self.donated = all(x.is_deleted() for x in old)
-      self.acc = m if self.acc is None else self.acc.merge(m)  # as train.fit does
-    jax.block_until_ready((self.state, self.acc))
+      self.pending = m if self.pending is None else self.pending.merge(m)
+    jax.block_until_ready((self.state, self.pending))
 
 
 def _repeat(x):
@@ -274,14 +236,13 @@ def _repeat(x):
 def _step_row(case: Case, fields: dict[str, Any], per_step: list[float], device,
               donated: bool | None) -> dict[str, Any]:
   images = case.batch * fields["views"]
-  row = {"case": case.case, "model": _model_name(case), "batch": case.batch,
+  row = {"case": case.case, "label": f"{case.label}_{case.case}" if case.label else "",
+         "model": _model_name(case), "batch": case.batch,
          "views": fields["views"], "images_per_step": images, "dtype": case.dtype,
          "augment": case.augment, "optimizer": case.optimizer, "donated": donated,
          "peak_bytes": _memory_stats(device).get("peak_bytes_in_use"),
          **_timing(per_step, images), **fields}
-  head = ("linear", case.num_classes) if case.method == "ce" else ("mlp", 128)
-  row["gflop_per_image"] = train_flops_per_image(case.depth, case.width, case.stem,
-                                                 case.image_size, *head) / 1e9
+  row["gflop_per_image"] = train_flops_per_image(case) / 1e9
   peak = case.peak_tflops or peak_tflops(device.device_kind, case.dtype)
   row["peak_tflops"] = peak
   row["mfu"] = (None if peak is None else
@@ -341,7 +302,7 @@ def run_loss(case: Case) -> list[dict[str, Any]]:
   per_step = _time_windows(run, case)
   peak = _memory_stats(device).get("peak_bytes_in_use")
   block = f" block {case.block_size}" if case.block_size else ""
-  return [{"case": "loss", "model": f"supcon loss {case.rows} rows{block}",
+  return [{"case": "loss", "label": case.label, "model": f"supcon loss {case.rows} rows{block}",
            "batch": case.rows // 2, "views": 2, "dtype": "float32", "rows": case.rows,
            "block_size": case.block_size, "devices": 1, "compile_s": compile_s, "peak_bytes": peak,
            "peak_beyond_inputs_bytes": None if peak is None else peak - in_use,
@@ -362,22 +323,57 @@ def run_case(case: Case) -> list[dict[str, Any]]:
 
 # -------------------------------------------------------------------------- suites
 
+# The PyTorch SupContrast reference on one H100 (bf16, channels-last; the faster of eager and
+# torch.compile) and what this codebase must reach on the same GPU. Steps and e2e are in
+# images/s (higher is better), the loss in ms forward + backward (lower is better).
+REFERENCE = {
+    "r50_cifar_step": {"images_per_s": 18_355, "target_images_per_s": 28_000},
+    "r18_cifar_step": {"images_per_s": 48_428, "target_images_per_s": 100_000},
+    "r50_224_step": {"images_per_s": 4_985, "target_images_per_s": 6_500},
+    "r50_cifar_e2e": {"images_per_s": 12_842},  # target: 95% of the step alone
+    "r18_cifar_e2e": {"images_per_s": 17_407},
+    "loss_2048": {"step_ms": 1.74},
+    "loss_8192": {"step_ms": 4.57},
+    "loss_16384": {"step_ms": 17.26, "target_step_ms": 4.0},
+}
+SUITES = ("reference",)
+
 
 def suite_cases(name: str, data_dir: str = "") -> list[list[str]]:
-  """The command-line arguments of each case of a suite (issue 4's table)."""
-  if name not in SUITES:
-    raise ValueError(f"--suite={name!r}; expected one of {SUITES}")
+  """The command-line arguments of each case of a suite.
+
+  "reference": the rows of `REFERENCE`: ResNet-50 and ResNet-18 CIFAR steps at 512 x 2 views,
+  ResNet-50 at 224 px with 128 x 2, the loss alone at 2,048 / 8,192 / 16,384 rows (and
+  16,384 with row blocks), and with `data_dir` the CIFAR steps fed from the image folder.
+  """
+  one_of("--suite", name, SUITES)
   cifar = ["--stem", "cifar", "--image-size", "32", "--batch", "512", "--views", "2",
            "--dtype", "bfloat16"]
   # With the CIFAR folder, e2e also times the step alone: one compile gives both rows.
   kind = ["--case", "e2e", "--data-dir", data_dir] if data_dir else ["--case", "step"]
-  cases = [kind + ["--depth", "50"] + cifar, kind + ["--depth", "18"] + cifar,
+  cases = [kind + ["--depth", "50", "--label", "r50_cifar"] + cifar,
+           kind + ["--depth", "18", "--label", "r18_cifar"] + cifar,
            ["--case", "step", "--depth", "50", "--stem", "imagenet", "--image-size", "224",
-            "--batch", "128", "--views", "2", "--dtype", "bfloat16"]]
-  cases += [["--case", "loss", "--rows", str(rows)] for rows in (2048, 8192, 16384)]
-  # Row blocking is what keeps 16,384 rows within the issue's 1 GiB beyond the inputs.
-  cases += [["--case", "loss", "--rows", "16384", "--block-size", str(b)] for b in (1024, 2048)]
+            "--batch", "128", "--views", "2", "--dtype", "bfloat16", "--label", "r50_224"]]
+  cases += [["--case", "loss", "--rows", str(rows), "--label", f"loss_{rows}"]
+            for rows in (2048, 8192, 16384)]
+  # Row blocks keep the [rows, rows] logits out of memory for the backward pass.
+  cases += [["--case", "loss", "--rows", "16384", "--block-size", str(b), "--label",
+             "loss_16384"] for b in (1024, 2048)]
   return cases
+
+
+def compare_to_reference(row: dict[str, Any]) -> dict[str, Any]:
+  """The row with its reference figures and `speedup` (> 1: faster than the reference)."""
+  ref = REFERENCE.get(row.get("label", ""))
+  if ref is None or "error" in row:
+    return row
+  row = dict(row, reference=ref)
+  if "images_per_s" in ref:
+    row["speedup"] = row["images_per_s"] / ref["images_per_s"]
+  else:
+    row["speedup"] = ref["step_ms"] / row["step_ms"]
+  return row
 
 
 def run_suite(name: str, data_dir: str, passthrough: list[str],
@@ -394,7 +390,7 @@ def run_suite(name: str, data_dir: str, passthrough: list[str],
   for argv in suite_cases(name, data_dir):
     with tempfile.TemporaryDirectory() as tmp:
       out = os.path.join(tmp, "rows.json")
-      cmd = [sys.executable, "-m", "supcon_jax.bench", *argv, *passthrough, "--json", out]
+      cmd = [sys.executable, "-m", "benchmarks.speed", *argv, *passthrough, "--json", out]
       print("$ python", " ".join(cmd[1:-2]), flush=True)
       done = subprocess.run(cmd, check=False, env=env)
       if done.returncode or not os.path.exists(out):
@@ -403,7 +399,7 @@ def run_suite(name: str, data_dir: str, passthrough: list[str],
         with open(out, encoding="utf-8") as f:
           result = json.load(f)
         environment_ = environment_ or result["environment"]
-        rows += result["rows"]
+        rows += [compare_to_reference(r) for r in result["rows"]]
     if json_path:
       write_json(json_path, environment_, rows)
   return environment_, rows
@@ -418,11 +414,13 @@ def _fmt(value: Any, spec: str, scale: float = 1.0) -> str:
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
   """A Markdown table of the rows, as docs/performance.md shows them."""
-  lines = ["| case | model | batch x views | dtype | images/s | step ms | compile s | "
-           "peak GiB | MFU | note |", "| " + " | ".join(["---"] * 10) + " |"]
+  header = ["case", "model", "batch x views", "dtype", "images/s", "step ms", "compile s",
+            "peak GiB", "MFU", "vs reference", "note"]
+  lines = []
   for r in rows:
     if "error" in r:
-      lines.append(f"| {r['case']} | {r['model']} | | | failed (exit {r['error']}) | | | | | |")
+      lines.append([r["case"], r["model"], "", "", f"failed (exit {r['error']})"]
+                   + [""] * (len(header) - 5))
       continue
     note = ""
     if r["case"] == "e2e":
@@ -431,23 +429,25 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
       note = (f"beyond inputs {_fmt(r['peak_beyond_inputs_bytes'], '.3f', GIB)} GiB; "
               f"XLA temp {_fmt(r['xla_temp_bytes'], '.3f', GIB)} GiB")
     mfu = "n/a" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"
-    lines.append(f"| {r['case']} | {r['model']} | {r['batch']} x {r['views']} | {r['dtype']} | "
-                 f"{_fmt(r.get('images_per_s'), ',.0f')} | {r['step_ms']:.2f} | "
-                 f"{r['compile_s']:.1f} | {_fmt(r['peak_bytes'], '.2f', GIB)} | {mfu} | {note} |")
-  return "\n".join(lines)
+    speedup = "" if r.get("speedup") is None else f"{r['speedup']:.2f}x"
+    lines.append([r["case"], r["model"], f"{r['batch']} x {r['views']}", r["dtype"],
+                  _fmt(r.get("images_per_s"), ",.0f"), f"{r['step_ms']:.2f}",
+                  f"{r['compile_s']:.1f}", _fmt(r["peak_bytes"], ".2f", GIB), mfu, speedup,
+                  note])
+  return report.markdown_table(header, lines)
 
 
 def format_environment(env: dict[str, Any]) -> str:
+  """One line: devices, platform, versions, date and XLA flags of a measurement."""
   return (f"{env.get('device_count', '?')} x {env.get('device_kind', '?')} "
-          f"({env.get('platform', '?')}), jax {env.get('jax', '?')}, "
-          f"jaxlib {env.get('jaxlib', '?')}, {env.get('date', '?')}, "
+          f"({env.get('platform', '?')} {env.get('platform_version', '')}), "
+          f"jax {env.get('jax', '?')}, jaxlib {env.get('jaxlib', '?')}, {env.get('date', '?')}, "
           f"XLA_FLAGS={env.get('xla_flags', '')!r}")
 
 
 def write_json(path: str, env: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump({"environment": env, "command": sys.argv, "rows": rows}, f, indent=2)
+  """The environment, the command line and the rows, as one JSON file."""
+  report.write_json(path, {"environment": env, "command": sys.argv, "rows": rows})
 
 
 # ------------------------------------------------------------------------ command line
@@ -455,21 +455,21 @@ def write_json(path: str, env: dict[str, Any], rows: list[dict[str, Any]]) -> No
 
 def _parser() -> argparse.ArgumentParser:
   d = Case()
-  p = argparse.ArgumentParser(prog="python -m supcon_jax.bench", description=__doc__,
+  p = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--case", choices=CASES, default=d.case)
   p.add_argument("--suite", choices=SUITES, help="run a table of cases, each in its own process")
-  p.add_argument("--method", choices=("supcon", "simclr", "ce"), default=d.method)
-  p.add_argument("--depth", type=int, choices=sorted(resnet.STAGE_SIZES), default=d.depth)
+  p.add_argument("--method", choices=methods.METHODS, default=d.method)
+  p.add_argument("--depth", type=int, choices=models.DEPTHS, default=d.depth)
   p.add_argument("--width", type=float, default=d.width, help="channel multiplier")
-  p.add_argument("--stem", choices=resnet.STEMS, default=d.stem)
+  p.add_argument("--stem", choices=models.STEMS, default=d.stem)
   p.add_argument("--image-size", type=int, default=d.image_size)
   p.add_argument("--batch", type=int, default=d.batch, help="samples per step (global)")
   p.add_argument("--views", type=int, default=d.views)
-  p.add_argument("--dtype", choices=("bfloat16", "float32"), default=d.dtype,
+  p.add_argument("--dtype", choices=models.DTYPES, default=d.dtype,
                  help="compute dtype; parameters stay float32")
-  p.add_argument("--augment", choices=config_lib.POLICIES, default=d.augment)
-  p.add_argument("--optimizer", choices=config_lib.OPTIMIZERS, default=d.optimizer)
+  p.add_argument("--augment", choices=augment.POLICIES, default=d.augment)
+  p.add_argument("--optimizer", choices=optim.OPTIMIZERS, default=d.optimizer)
   p.add_argument("--num-classes", type=int, default=d.num_classes)
   p.add_argument("--rows", type=int, default=d.rows, help="loss case: anchor rows")
   p.add_argument("--block-size", type=int, default=d.block_size,
@@ -487,6 +487,7 @@ def _parser() -> argparse.ArgumentParser:
                  help="also trace one window with jax.profiler into this folder")
   p.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS before JAX starts; "
                  "write it with '=': --xla-flags=\"--xla_gpu_autotune_level=4\"")
+  p.add_argument("--label", default="", help="names the rows (a suite's key into REFERENCE)")
   p.add_argument("--json", default="", help="write the environment and rows here")
   return p
 
@@ -502,6 +503,7 @@ def _passthrough(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+  """Runs the case or suite the command line names; prints and returns its rows."""
   args = _parser().parse_args(argv)
   if args.xla_flags:  # read when the backend starts, so only effective before any JAX work
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {args.xla_flags}".strip()

@@ -1,0 +1,114 @@
+"""The methods, one record each: the only place where a method's name decides anything.
+
+A record says whether the loss sees labels, how many views of each image a step trains on,
+which model to build, the loss, how stage "all" evaluates the trained model, and which
+stages the method has. `experiment.py` runs the stages from these records; the step, the
+benchmark and the encoder loader read them too. Adding a method is one entry in `METHODS`
+plus its loss in `losses.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+from jax.sharding import Mesh
+
+from supcon_jax import augment, losses, models
+from supcon_jax.checks import one_of
+from supcon_jax.train import LossFn
+
+# The stages `experiment.py` implements (config.stage):
+#   all       train the encoder, then evaluate it as the method says (Method.evaluation)
+#   pretrain  train the encoder only
+#   linear    restore a trained encoder, then a linear classifier on its frozen r
+STAGES = ("all", "pretrain", "linear")
+# How stage "all" evaluates a trained model:
+LINEAR = "linear"  # a linear classifier trained on the frozen representation r
+CLASSIFIER = "classifier"  # the model's own classifier, trained with it
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """What distinguishes one way of training the encoder from another."""
+  name: str
+  uses_labels: bool  # False: self-supervised; labels are only used to evaluate
+  contrastive: bool  # True: config.augment.n_views views per image and a projection head
+  evaluation: str  # LINEAR or CLASSIFIER
+  stages: tuple[str, ...]
+  build_model: Callable[[Any, int], nn.Module]  # (config.model, num_classes) -> model
+  make_loss: Callable[[Method, Any, nn.Module, Callable, Mesh], LossFn]
+
+  def views(self, config: Any) -> int:
+    """Augmented views of each image per training step."""
+    return config.augment.n_views if self.contrastive else 1
+
+  def loss_fn(self, config: Any, model: nn.Module, mesh: Mesh) -> LossFn:
+    """The training loss of this method on its augmented views of a batch."""
+    augment_fn = augment.from_config(config, n_views=self.views(config))
+    return self.make_loss(self, config, model, augment_fn, mesh)
+
+
+def _contrastive_model(model_config: Any, num_classes: int) -> nn.Module:
+  del num_classes  # the labels only define positives
+  return models.SupConModel(**models.encoder_kwargs(model_config), head=model_config.head,
+                            proj_dim=model_config.proj_dim)
+
+
+def _classifier_model(model_config: Any, num_classes: int) -> nn.Module:
+  return models.CEModel(num_classes=num_classes, **models.encoder_kwargs(model_config))
+
+
+def _contrastive_loss(method: Method, config: Any, model: nn.Module, augment_fn: Callable,
+                      mesh: Mesh) -> LossFn:
+  """SupCon (with labels) or SimCLR (without) over the views of the whole global batch."""
+  loss_kwargs = dict(temperature=config.loss.temperature,
+                     base_temperature=config.loss.base_temperature, variant=config.loss.variant,
+                     contrast_mode=config.loss.contrast_mode, block_size=config.loss.block_size)
+
+  def loss_fn(params, batch_stats, batch, rng):
+    views = augment_fn(rng, batch["image"])  # [B, V, H, W, C]
+    b, v = views.shape[:2]
+    out, updates = model.apply({"params": params, "batch_stats": batch_stats},
+                               views.reshape((b * v,) + views.shape[2:]), train=True,
+                               mutable=["batch_stats"])
+    z = out["proj"].reshape(b, v, -1)
+    labels = batch["label"] if method.uses_labels else None
+    return losses.sharded_supcon_loss(z, labels, mesh, **loss_kwargs), updates["batch_stats"]
+
+  return loss_fn
+
+
+def _cross_entropy_loss(method: Method, config: Any, model: nn.Module, augment_fn: Callable,
+                        mesh: Mesh) -> LossFn:
+  """The supervised baseline: the same encoder and augmentation, a linear classifier, CE."""
+  del method, mesh  # one view per image; XLA shards the mean over the batch by itself
+
+  def loss_fn(params, batch_stats, batch, rng):
+    x = augment_fn(rng, batch["image"])[:, 0]
+    out, updates = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                               mutable=["batch_stats"])
+    loss = losses.cross_entropy_loss(out["logits"], batch["label"],
+                                     label_smoothing=config.loss.label_smoothing)
+    return loss, updates["batch_stats"]
+
+  return loss_fn
+
+
+METHODS: dict[str, Method] = {
+    "supcon": Method("supcon", uses_labels=True, contrastive=True, evaluation=LINEAR,
+                     stages=STAGES, build_model=_contrastive_model,
+                     make_loss=_contrastive_loss),
+    "simclr": Method("simclr", uses_labels=False, contrastive=True, evaluation=LINEAR,
+                     stages=STAGES, build_model=_contrastive_model,
+                     make_loss=_contrastive_loss),
+    "ce": Method("ce", uses_labels=True, contrastive=False, evaluation=CLASSIFIER,
+                 stages=STAGES, build_model=_classifier_model, make_loss=_cross_entropy_loss),
+}
+
+
+def get(name: str) -> Method:
+  """The record of method `name` (ValueError listing the methods if there is none)."""
+  one_of("method", name, METHODS)
+  return METHODS[name]
