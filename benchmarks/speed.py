@@ -327,15 +327,19 @@ def run_case(case: Case) -> list[dict[str, Any]]:
 # torch.compile) and what this codebase must reach on the same GPU. Steps and e2e are in
 # images/s (higher is better), the loss in ms forward + backward (lower is better).
 REFERENCE = {
-    "r50_cifar_step": {"images_per_s": 18_355, "target_images_per_s": 28_000},
-    "r18_cifar_step": {"images_per_s": 48_428, "target_images_per_s": 100_000},
-    "r50_224_step": {"images_per_s": 4_985, "target_images_per_s": 6_500},
-    "r50_cifar_e2e": {"images_per_s": 12_842},  # target: 95% of the step alone
-    "r18_cifar_e2e": {"images_per_s": 17_407},
+    "r50_cifar_step": {"images_per_s": 18_355, "target": {"images_per_s": 28_000}},
+    "r18_cifar_step": {"images_per_s": 48_428, "target": {"images_per_s": 100_000}},
+    "r50_224_step": {"images_per_s": 4_985, "target": {"images_per_s": 6_500}},
+    "r50_cifar_e2e": {"images_per_s": 12_842, "target": {"ratio_to_step": 0.95}},
+    "r18_cifar_e2e": {"images_per_s": 17_407, "target": {"ratio_to_step": 0.95}},
     "loss_2048": {"step_ms": 1.74},
     "loss_8192": {"step_ms": 4.57},
-    "loss_16384": {"step_ms": 17.26, "target_step_ms": 4.0},
+    "loss_16384": {"step_ms": 17.26, "target": {"step_ms": 4.0,
+                                                "peak_beyond_inputs_bytes": GIB}},
 }
+# For each target field: does a larger measured value meet it?
+_HIGHER_IS_BETTER = {"images_per_s": True, "ratio_to_step": True, "step_ms": False,
+                     "peak_beyond_inputs_bytes": False}
 SUITES = ("reference",)
 
 
@@ -364,7 +368,8 @@ def suite_cases(name: str, data_dir: str = "") -> list[list[str]]:
 
 
 def compare_to_reference(row: dict[str, Any]) -> dict[str, Any]:
-  """The row with its reference figures and `speedup` (> 1: faster than the reference)."""
+  """The row with its reference figures, `speedup` (> 1: faster than the reference) and
+  `meets_target` (None where the reference sets no target or a figure is missing)."""
   ref = REFERENCE.get(row.get("label", ""))
   if ref is None or "error" in row:
     return row
@@ -373,6 +378,9 @@ def compare_to_reference(row: dict[str, Any]) -> dict[str, Any]:
     row["speedup"] = row["images_per_s"] / ref["images_per_s"]
   else:
     row["speedup"] = ref["step_ms"] / row["step_ms"]
+  checks = [None if row.get(k) is None else (row[k] >= v) == _HIGHER_IS_BETTER[k]
+            or row[k] == v for k, v in ref.get("target", {}).items()]
+  row["meets_target"] = None if not checks or None in checks else all(checks)
   return row
 
 
@@ -492,23 +500,27 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
-def _passthrough(args: argparse.Namespace) -> list[str]:
-  """Flags the suite hands on to every case (timing, devices, MFU peak)."""
+def _passthrough(args: argparse.Namespace, argv: Sequence[str]) -> list[str]:
+  """Every case flag given with a suite, handed on to each case (after the case's own flags,
+  so it wins): the timing, the devices, the MFU peak, or a smaller model for a dry run."""
   out = []
-  for name in ("warmup", "windows", "steps_per_window", "devices", "peak_tflops"):
-    value = getattr(args, name)
-    if value is not None:
-      out += [f"--{name.replace('_', '-')}", str(value)]
+  for field in dataclasses.fields(Case):
+    flag = "--no-donate" if field.name == "donate" else f"--{field.name.replace('_', '-')}"
+    given = any(a == flag or a.startswith(flag + "=") for a in argv)
+    if field.name in ("case", "data_dir", "label") or not given:
+      continue
+    out += [flag] if field.name == "donate" else [flag, str(getattr(args, field.name))]
   return out
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   """Runs the case or suite the command line names; prints and returns its rows."""
+  argv = sys.argv[1:] if argv is None else list(argv)
   args = _parser().parse_args(argv)
   if args.xla_flags:  # read when the backend starts, so only effective before any JAX work
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {args.xla_flags}".strip()
   if args.suite:
-    env, rows = run_suite(args.suite, args.data_dir, _passthrough(args), args.json)
+    env, rows = run_suite(args.suite, args.data_dir, _passthrough(args, argv), args.json)
   else:
     case = Case(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Case)})
     env = environment()

@@ -81,6 +81,11 @@ def results_table(results: dict[str, dict[str, Any]]) -> str:
                          "wall time (s)", "epochs", "images/s"], rows)
 
 
+# The validation curve of a run, by preference: its own classifier (older runs: eval_top1),
+# else the kNN monitor.
+_CURVES = {"classifier_top1": "classifier", "eval_top1": "classifier", "knn_top1": "kNN"}
+
+
 def plot_curves(runs: dict[str, str], path: str) -> None:
   """Validation top-1 against wall time for each run, its final top-1 starred."""
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
@@ -88,12 +93,10 @@ def plot_curves(runs: dict[str, str], path: str) -> None:
   ax = fig.add_subplot()
   for name, workdir in runs.items():
     results, rows = load_run(workdir)
-    # The classifier's own top-1 where the method has one (older runs: eval_top1), else kNN.
-    key = next((k for k in ("classifier_top1", "eval_top1", "knn_top1")
-                if any(k in r for r in rows)), None)
+    key = next((k for k in _CURVES if any(k in r for r in rows)), None)
     pts = [(r["elapsed_s"], r[key]) for r in rows if key in r and "elapsed_s" in r]
     if pts:
-      line, = ax.plot(*zip(*pts), marker=".", label=f"{name} ({key.split('_')[0]} top-1)")
+      line, = ax.plot(*zip(*pts), marker=".", label=f"{name} ({_CURVES[key]} top-1)")
       evaluation, top1, _ = headline(results)
       ax.scatter([results["wall_time_s"]], [top1], marker="*", s=80,
                  color=line.get_color(), label=f"{name} final {evaluation} top-1")

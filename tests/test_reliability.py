@@ -61,9 +61,15 @@ def shared(tmp_path_factory):
   return d
 
 
+def _xla_flags(devices):
+  """conftest's XLA flags with another simulated device count."""
+  kept = [f for f in os.environ["XLA_FLAGS"].split() if "device_count" not in f]
+  return " ".join(kept + [f"--xla_force_host_platform_device_count={devices}"])
+
+
 def _env(shared, devices=8):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+         "XLA_FLAGS": _xla_flags(devices),
          "JAX_COMPILATION_CACHE_DIR": str(shared / "cache"), "PYTHONPATH": str(ROOT)}
   env.pop("JAX_COORDINATOR_ADDRESS", None)
   return env
