@@ -7,8 +7,9 @@ whole batch is a deterministic function of one key; ops act on one float32 image
 images and nothing waits on the host.
 
 Policies: simaugment (SimCLR / SupCon: crop, flip, colour jitter, grayscale, optional
-blur), randaugment and autoaugment (crop, flip, then the policy; see augment_policies),
-cropflip (crop and flip, for linear evaluation) and none.
+blur), randaugment and autoaugment (crop, flip, then the policy; see augment_policies for
+the TF reference their magnitudes follow), cropflip (crop and flip, for linear evaluation)
+and none. Every policy but none flips with probability `flip_prob`.
 """
 
 from __future__ import annotations
@@ -208,15 +209,18 @@ def random_gaussian_blur(key: jax.Array, img: jax.Array,
 # ----------------------------------------------------------------------------- views
 
 
-def _crop_flip_view(scale: tuple[float, float]) -> ViewFn:
+def _crop_flip_view(cfg) -> ViewFn:
+  scale, flip_p = tuple(cfg.crop_scale), float(cfg.flip_prob)
+
   def view(key, img):
+    # The flip key is split off even when flip_p is 0, so other keys do not depend on it.
     k_crop, k_flip = jax.random.split(key)
-    return random_flip(k_flip, random_resized_crop(k_crop, img, scale))
+    return random_flip(k_flip, random_resized_crop(k_crop, img, scale), flip_p)
   return view
 
 
 def _simaugment_view(cfg) -> ViewFn:
-  crop_flip = _crop_flip_view(tuple(cfg.crop_scale))
+  crop_flip = _crop_flip_view(cfg)
   s = float(cfg.jitter)
   jitter_p, grey_p, blur_p = float(cfg.jitter_prob), float(cfg.grayscale_prob), float(cfg.blur_prob)
 
@@ -232,7 +236,7 @@ def _simaugment_view(cfg) -> ViewFn:
 
 def _policy_view(cfg, policy: Callable[[jax.Array, jax.Array], jax.Array]) -> ViewFn:
   # As the SupCon reference: random-resized crop and flip first, then the policy.
-  crop_flip = _crop_flip_view(tuple(cfg.crop_scale))
+  crop_flip = _crop_flip_view(cfg)
 
   def view(key, img):
     k_geo, k_policy = jax.random.split(key)
@@ -249,7 +253,7 @@ def _make_view(cfg) -> ViewFn | None:
   if cfg.policy == "autoaugment":
     return _policy_view(cfg, autoaugment)
   if cfg.policy == "cropflip":
-    return _crop_flip_view(tuple(cfg.crop_scale))
+    return _crop_flip_view(cfg)
   return None  # "none"
 
 
@@ -267,7 +271,7 @@ def check_config(cfg: Any, name: str = "augment") -> None:
   lo_hi = tuple(cfg.crop_scale)
   if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
     fail("crop_scale", cfg.crop_scale, "(lo, hi) with 0 < lo <= hi <= 1")
-  for field in ("jitter_prob", "grayscale_prob", "blur_prob"):
+  for field in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob"):
     if not 0 <= getattr(cfg, field) <= 1:
       fail(field, getattr(cfg, field), "a probability in [0, 1]")
   if not 0 <= cfg.jitter <= 2:

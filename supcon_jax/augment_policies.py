@@ -11,7 +11,38 @@ whole batch runs under `jax.vmap`. The geometric ops are expressed as matrices r
 images: a step picks one matrix (identity for colour ops) and warps once, instead of
 computing every warp and selecting, which is what `lax.switch` does under `vmap`.
 
-Magnitudes are `level` in [0, 1] (M / 10 on the usual 0..10 scale) and a random `sign`.
+Reference: TensorFlow's `models/official/efficientnet/autoaugment.py` in tensorflow/tpu
+(read at commit 7dc921f846c9e4071f3884b768a7ddf521272a49), which serves both policies:
+`distort_image_with_randaugment` and `distort_image_with_autoaugment` with `policy_v0`.
+Its `level_to_arg` is followed for every op, with level l = M / 10 (M on the 0..10
+scale, `_MAX_LEVEL` = 10) and s a random sign that TF draws for the geometric ops only:
+
+  Rotate            30 l s degrees                  M=9: +-27 degrees
+  ShearX, ShearY    0.3 l s                         M=9: +-0.27
+  TranslateX, Y     see the deviation below         M=9: +-0.405 of the side
+  Posterize         int(4 l) bits kept, shift 8-b   M=9: 3 bits kept (a shift of 5)
+  Solarize          invert levels >= int(256 l)     M=9: levels >= 230 (M=10: none)
+  SolarizeAdd       + int(110 l) to levels < 128    M=9: + 99 levels
+  Color, Contrast,  factor 0.1 + 1.8 l, no sign     M=9: 1.72
+  Brightness, Sharpness
+  AutoContrast, Equalize, Invert, Identity: no magnitude.
+
+"bits" is the number of most significant bits kept, in TF's `posterize` and here alike;
+TF's uint8 shift kernel clamps shifts to 7, so its "0 bits" (l < 0.25) keeps the top bit,
+and so does this mapping (PIL and timm give a black image there).
+
+Deviations from the reference:
+- Translate (the one deliberate change of magnitude): TF shifts by a constant number of
+  pixels, 100 l for RandAugment and 250 l for AutoAugment, meant for ImageNet-size images
+  (100 px is 0.45 of a 224 px side; 250 px exceeds it, so at l >= 0.9 a 224 px image
+  becomes all fill). Here the shift is 0.45 l of the image side for both policies, so it
+  means the same on 32 px CIFAR images: the AutoAugment paper's +-150 px on 331 px images
+  (0.45) and timm's translate_const = 0.45 * size.
+- RandAugment's op list has Identity where TF has Cutout (the RandAugment paper's list
+  has Identity and no Cutout); the other 15 ops are TF's.
+- Ops work on float images and do not round to uint8 after each op; warps are bilinear
+  (TF: nearest); Contrast blends towards the mean luma as PIL does (TF's degenerate is
+  the pixel count / 256, a bug), but unlike PIL does not round that mean to a level.
 """
 
 from __future__ import annotations
@@ -92,14 +123,19 @@ def posterize(img: jax.Array, bits) -> jax.Array:
   return jnp.where(shift == 0, img, levels.astype(jnp.float32) / 255.0)
 
 
+# Half a level: a threshold T / 255 splits the 256 levels exactly as TF's uint8 `< T` does,
+# although float32 level k / 255 may be an ulp either side of T / 255.
+_HALF_LEVEL = 0.5 / 255.0
+
+
 def solarize(img: jax.Array, threshold) -> jax.Array:
-  """Invert pixels above `threshold` (1 = unchanged, 0 = invert all but black)."""
-  return jnp.where(img > threshold, 1.0 - img, img)
+  """Invert pixels at or above `threshold`, as PIL and TF (256/255 = none, 0 = all)."""
+  return jnp.where(img >= threshold - _HALF_LEVEL, 1.0 - img, img)
 
 
 def solarize_add(img: jax.Array, addition, threshold=FILL) -> jax.Array:
   """Add `addition` to pixels below `threshold` (TF's SolarizeAdd)."""
-  return jnp.where(img < threshold, jnp.clip(img + addition, 0.0, 1.0), img)
+  return jnp.where(img < threshold - _HALF_LEVEL, jnp.clip(img + addition, 0.0, 1.0), img)
 
 
 def color(img: jax.Array, factor) -> jax.Array:
@@ -215,76 +251,78 @@ class _Op(NamedTuple):
   matrix: Callable | None = None
 
 
-def _geometric_ops(translate_frac: float = 0.45) -> tuple[_Op, ...]:
-  # Ranges of TF/timm at level 1: 30 degrees, shear 0.3, 45% of the image side.
-  return (
-      _Op("Rotate", matrix=lambda l, s, h, w: _rotation(30.0 * l * s, h, w)),
-      _Op("ShearX", matrix=lambda l, s, h, w: _shear(0.3 * l * s, 0)),
-      _Op("ShearY", matrix=lambda l, s, h, w: _shear(0.3 * l * s, 1)),
-      _Op("TranslateX", matrix=lambda l, s, h, w: _translation(translate_frac * w * l * s, 0)),
-      _Op("TranslateY", matrix=lambda l, s, h, w: _translation(translate_frac * h * l * s, 1)),
-  )
+# The one deliberate deviation from TF (module docstring): a fraction of the side, not pixels.
+TRANSLATE_FRAC = 0.45
 
 
-def _fixed_ops() -> tuple[_Op, ...]:
-  return (
-      _Op("Identity", colour=lambda x, l, s: x),
-      _Op("AutoContrast", colour=lambda x, l, s: autocontrast(x)),
-      _Op("Equalize", colour=lambda x, l, s: equalize(x)),
-      _Op("Invert", colour=lambda x, l, s: invert(x)),
-  )
+def _enhance(level):
+  # TF's _enhance_level_to_arg: (M / 10) * 1.8 + 0.1, with no random sign.
+  return 0.1 + 1.8 * level
 
 
-# RandAugment with timm's "increasing" magnitudes (rand-m9-inc1; torchvision's too): level
-# 0 is the identity for every op that has a magnitude, and strength grows with the level.
-RANDAUGMENT_OPS = _fixed_ops() + _geometric_ops() + (
-    _Op("Posterize", colour=lambda x, l, s: posterize(x, 8 - jnp.round(4 * l))),
-    _Op("Solarize", colour=lambda x, l, s: solarize(x, 1.0 - l)),
-    _Op("SolarizeAdd", colour=lambda x, l, s: solarize_add(x, 110.0 / 255.0 * l)),
-    _Op("Color", colour=lambda x, l, s: color(x, 1.0 + 0.9 * l * s)),
-    _Op("Contrast", colour=lambda x, l, s: contrast(x, 1.0 + 0.9 * l * s)),
-    _Op("Brightness", colour=lambda x, l, s: brightness(x, 1.0 + 0.9 * l * s)),
-    _Op("Sharpness", colour=lambda x, l, s: sharpness(x, 1.0 + 0.9 * l * s)),
-)
+def _bits(level):
+  # TF: int(M / 10 * 4) bits kept; its uint8 shift kernel clamps a shift of 8 to 7, so
+  # TF's 0 bits keeps the top bit.
+  return jnp.maximum(jnp.floor(4.0 * level), 1.0)
 
-# AutoAugment keeps the magnitudes its policy was searched with (TF / timm "original"):
-# enhance factors 0.1 + 1.8 * level, solarize threshold = level, posterize 4..8 bits.
-AUTOAUGMENT_OPS = _fixed_ops() + _geometric_ops()[:2] + (
-    _Op("Posterize", colour=lambda x, l, s: posterize(x, 4 + jnp.floor(4 * l))),
-    _Op("Solarize", colour=lambda x, l, s: solarize(x, l)),
-    _Op("Color", colour=lambda x, l, s: color(x, 0.1 + 1.8 * l)),
-    _Op("Contrast", colour=lambda x, l, s: contrast(x, 0.1 + 1.8 * l)),
-    _Op("Sharpness", colour=lambda x, l, s: sharpness(x, 0.1 + 1.8 * l)),
-)
 
-# The ImageNet policy of Cubuk et al. 2019 (Table 9): (op, probability, magnitude 0..9).
+# TF's level_to_arg for every op both policies use; l = level in [0, 1], s = sign.
+OPS = {op.name: op for op in (
+    _Op("Identity", colour=lambda x, l, s: x),
+    _Op("AutoContrast", colour=lambda x, l, s: autocontrast(x)),
+    _Op("Equalize", colour=lambda x, l, s: equalize(x)),
+    _Op("Invert", colour=lambda x, l, s: invert(x)),
+    _Op("Rotate", matrix=lambda l, s, h, w: _rotation(30.0 * l * s, h, w)),
+    _Op("ShearX", matrix=lambda l, s, h, w: _shear(0.3 * l * s, 0)),
+    _Op("ShearY", matrix=lambda l, s, h, w: _shear(0.3 * l * s, 1)),
+    _Op("TranslateX", matrix=lambda l, s, h, w: _translation(TRANSLATE_FRAC * w * l * s, 0)),
+    _Op("TranslateY", matrix=lambda l, s, h, w: _translation(TRANSLATE_FRAC * h * l * s, 1)),
+    _Op("Posterize", colour=lambda x, l, s: posterize(x, _bits(l))),
+    _Op("Solarize", colour=lambda x, l, s: solarize(x, jnp.floor(256.0 * l) / 255.0)),
+    _Op("SolarizeAdd", colour=lambda x, l, s: solarize_add(x, jnp.floor(110.0 * l) / 255.0)),
+    _Op("Color", colour=lambda x, l, s: color(x, _enhance(l))),
+    _Op("Contrast", colour=lambda x, l, s: contrast(x, _enhance(l))),
+    _Op("Brightness", colour=lambda x, l, s: brightness(x, _enhance(l))),
+    _Op("Sharpness", colour=lambda x, l, s: sharpness(x, _enhance(l))),
+)}
+
+# TF's RandAugment ops with Identity in place of Cutout; Identity first (see apply_op).
+RANDAUGMENT_OPS = tuple(OPS.values())
+
+# TF's policy_v0, "used in AutoAugment Paper" for ImageNet (the one EfficientNet trained
+# with; not the paper's appendix table): (op, probability, level 0..10) pairs.
 AUTOAUGMENT_IMAGENET_POLICY = (
-    (("Posterize", 0.4, 8), ("Rotate", 0.6, 9)),
-    (("Solarize", 0.6, 5), ("AutoContrast", 0.6, 5)),
-    (("Equalize", 0.8, 8), ("Equalize", 0.6, 3)),
-    (("Posterize", 0.6, 7), ("Posterize", 0.6, 6)),
-    (("Equalize", 0.4, 7), ("Solarize", 0.2, 4)),
-    (("Equalize", 0.4, 4), ("Rotate", 0.8, 8)),
-    (("Solarize", 0.6, 3), ("Equalize", 0.6, 7)),
-    (("Posterize", 0.8, 5), ("Equalize", 1.0, 2)),
-    (("Rotate", 0.2, 3), ("Solarize", 0.6, 8)),
-    (("Equalize", 0.6, 8), ("Posterize", 0.4, 6)),
-    (("Rotate", 0.8, 8), ("Color", 0.4, 0)),
-    (("Rotate", 0.4, 9), ("Equalize", 0.6, 2)),
-    (("Equalize", 0.0, 7), ("Equalize", 0.8, 8)),
-    (("Invert", 0.6, 4), ("Equalize", 1.0, 8)),
-    (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
-    (("Rotate", 0.8, 8), ("Color", 1.0, 2)),
-    (("Color", 0.8, 8), ("Solarize", 0.8, 7)),
-    (("Sharpness", 0.4, 7), ("Invert", 0.6, 8)),
-    (("ShearX", 0.6, 5), ("Equalize", 1.0, 9)),
-    (("Color", 0.4, 0), ("Equalize", 0.6, 3)),
-    (("Equalize", 0.4, 7), ("Solarize", 0.2, 4)),
-    (("Solarize", 0.6, 5), ("AutoContrast", 0.6, 5)),
-    (("Invert", 0.6, 4), ("Equalize", 1.0, 8)),
-    (("Color", 0.6, 4), ("Contrast", 1.0, 8)),
-    (("Equalize", 0.8, 8), ("Equalize", 0.6, 3)),
+    (("Equalize", 0.8, 1), ("ShearY", 0.8, 4)),
+    (("Color", 0.4, 9), ("Equalize", 0.6, 3)),
+    (("Color", 0.4, 1), ("Rotate", 0.6, 8)),
+    (("Solarize", 0.8, 3), ("Equalize", 0.4, 7)),
+    (("Solarize", 0.4, 2), ("Solarize", 0.6, 2)),
+    (("Color", 0.2, 0), ("Equalize", 0.8, 8)),
+    (("Equalize", 0.4, 8), ("SolarizeAdd", 0.8, 3)),
+    (("ShearX", 0.2, 9), ("Rotate", 0.6, 8)),
+    (("Color", 0.6, 1), ("Equalize", 1.0, 2)),
+    (("Invert", 0.4, 9), ("Rotate", 0.6, 0)),
+    (("Equalize", 1.0, 9), ("ShearY", 0.6, 3)),
+    (("Color", 0.4, 7), ("Equalize", 0.6, 0)),
+    (("Posterize", 0.4, 6), ("AutoContrast", 0.4, 7)),
+    (("Solarize", 0.6, 8), ("Color", 0.6, 9)),
+    (("Solarize", 0.2, 4), ("Rotate", 0.8, 9)),
+    (("Rotate", 1.0, 7), ("TranslateY", 0.8, 9)),
+    (("ShearX", 0.0, 0), ("Solarize", 0.8, 4)),
+    (("ShearY", 0.8, 0), ("Color", 0.6, 4)),
+    (("Color", 1.0, 0), ("Rotate", 0.6, 2)),
+    (("Equalize", 0.8, 4), ("Equalize", 0.0, 8)),
+    (("Equalize", 1.0, 4), ("AutoContrast", 0.6, 2)),
+    (("ShearY", 0.4, 7), ("SolarizeAdd", 0.6, 7)),
+    (("Posterize", 0.8, 2), ("Solarize", 0.6, 10)),
+    (("Solarize", 0.6, 8), ("Equalize", 0.6, 1)),
+    (("Color", 0.8, 6), ("Rotate", 0.4, 5)),
 )
+
+# Only the ops the policy uses, so a step selects among 12 rather than 16; Identity first.
+AUTOAUGMENT_OPS = (OPS["Identity"],) + tuple(
+    op for name, op in OPS.items() if any(n == name for sub in AUTOAUGMENT_IMAGENET_POLICY
+                                          for n, _, _ in sub))
 
 
 def apply_op(ops: tuple[_Op, ...], index, img: jax.Array, level, sign) -> jax.Array:
@@ -319,7 +357,7 @@ def _policy_tables():
 
 
 def autoaugment(key: jax.Array, img: jax.Array) -> jax.Array:
-  """One random sub-policy of the ImageNet policy; each of its two ops fires with its p."""
+  """One random sub-policy of TF's policy_v0; each of its two ops fires with its p."""
   ops, probs, levels = _policy_tables()
   u = jax.random.uniform(key, (5,))
   sub = jnp.minimum(jnp.floor(u[0] * len(ops)), len(ops) - 1).astype(jnp.int32)

@@ -58,6 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.policy = "simaugment"  # simaugment | randaugment | autoaugment | cropflip | none
   c.augment.n_views = 2
   c.augment.crop_scale = (0.2, 1.0)  # random-resized crop area range
+  c.augment.flip_prob = 0.5  # horizontal flip; 0 for digits and text-like data
   c.augment.jitter = 0.4  # brightness/contrast/saturation strength (hue is jitter / 4)
   c.augment.jitter_prob = 0.8
   c.augment.grayscale_prob = 0.2

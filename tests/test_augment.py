@@ -1,13 +1,20 @@
-"""Tests of supcon_jax.augment: each op against NumPy references or exact properties."""
+"""Tests of supcon_jax.augment: each op against NumPy references or exact properties.
+
+The policy magnitudes are checked against TensorFlow's reference, transcribed here rather
+than read from the code under test: tensorflow/tpu models/official/efficientnet/
+autoaugment.py (commit 7dc921f846c9e4071f3884b768a7ddf521272a49).
+"""
 
 from __future__ import annotations
 
 import colorsys
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image, ImageEnhance
 
 from supcon_jax import augment as A
 from supcon_jax import augment_policies as P
@@ -75,7 +82,7 @@ IDENTITIES = {
     "contrast 1": lambda x: A.contrast(x, 1.0),
     "color 1": lambda x: A.color(x, 1.0),
     "sharpness 1": lambda x: A.sharpness(x, 1.0),
-    "solarize 1": lambda x: A.solarize(x, 1.0),
+    "solarize 256/255": lambda x: A.solarize(x, 256 / 255),  # TF's threshold at M=10
     "solarize_add 0": lambda x: A.solarize_add(x, 0.0),
     "posterize 8": lambda x: A.posterize(x, 8),
     "hue 0": lambda x: A.adjust_hue(x, 0.0),
@@ -90,20 +97,6 @@ IDENTITIES = {
 def test_zero_magnitude_is_identity(name):
   x = _image(1)
   np.testing.assert_allclose(jax.jit(IDENTITIES[name])(x), x, atol=2e-5)
-
-
-def test_randaugment_ops_at_level_zero_and_one():
-  # Increasing convention: at M=0 every op with a magnitude is the identity, whatever its
-  # sign; at M=10 every op but Identity changes the image.
-  x = _image(2)
-  op = jax.jit(lambda i, level, sign: P.apply_op(P.RANDAUGMENT_OPS, i, x, level, sign))
-  magnitude_free = {"AutoContrast": A.autocontrast(x), "Equalize": A.equalize(x),
-                    "Invert": 1 - x}
-  for i, o in enumerate(P.RANDAUGMENT_OPS):
-    for sign in (1.0, -1.0):
-      np.testing.assert_allclose(op(i, 0.0, sign), magnitude_free.get(o.name, x), atol=2e-5,
-                                 err_msg=o.name)
-    assert (o.name == "Identity") == np.allclose(op(i, 1.0, 1.0), x, atol=1e-3), o.name
 
 
 # ------------------------------------------------------------------ geometric ops
@@ -258,6 +251,16 @@ def test_sharpness_zero_is_pil_smooth_inside_and_keeps_border():
 def test_pixel_level_ops_on_known_values():
   x = np.array([[[200 / 255, 0.3, 0.8], [0.0, 1.0, 0.6]]], np.float32)
   np.testing.assert_allclose(A.posterize(x, 4)[0, 0, 0], 192 / 255, atol=1e-6)
+  # bits = bits kept (TF and PIL): 182 = 0b10110110 keeps 0b101 with 3, 0b1011 with 4.
+  np.testing.assert_allclose(A.posterize(np.float32([182 / 255]), 3), [160 / 255], atol=1e-6)
+  np.testing.assert_allclose(A.posterize(np.float32([182 / 255]), 4), [176 / 255], atol=1e-6)
+  # Threshold T / 255 inverts levels >= T, as TF's uint8 `image < T` keeps the rest; level
+  # 230 both as k / 255 and as the pipeline makes it (times float32 1/255, an ulp off).
+  boundary = np.float32([229 / 255, 230 / 255, np.float32(230) * np.float32(1 / 255), 231 / 255])
+  np.testing.assert_allclose(A.solarize(boundary, 230 / 255),
+                             [229 / 255, 25 / 255, 25 / 255, 24 / 255], atol=1e-6)
+  np.testing.assert_allclose(A.solarize_add(np.float32([127, 128]) * np.float32(1 / 255), 99 / 255),
+                             [226 / 255, 128 / 255], atol=1e-6)
   np.testing.assert_allclose(A.solarize(x, 0.5), [[[55 / 255, 0.3, 0.2], [0.0, 0.0, 0.4]]],
                              atol=1e-6)
   np.testing.assert_allclose(A.solarize_add(x, 0.1), [[[200 / 255, 0.4, 0.8], [0.1, 1.0, 0.6]]],
@@ -335,13 +338,188 @@ def test_same_key_same_output_different_key_differs(name):
   assert len({o.tobytes() for o in outs}) > 1
 
 
-def test_autoaugment_policy_table():
-  assert len(P.AUTOAUGMENT_IMAGENET_POLICY) == 25
-  names = {op.name for op in P.AUTOAUGMENT_OPS}
-  for sub in P.AUTOAUGMENT_IMAGENET_POLICY:
-    assert len(sub) == 2
-    for name, prob, magnitude in sub:
-      assert name in names and 0 <= prob <= 1 and 0 <= magnitude <= 9
+# ------------------------------------------------- policies against the TF reference
+
+# TF's policy_v0, transcribed: 25 sub-policies of two (op, probability, level 0..10).
+TF_POLICY_V0 = (
+    (("Equalize", 0.8, 1), ("ShearY", 0.8, 4)),
+    (("Color", 0.4, 9), ("Equalize", 0.6, 3)),
+    (("Color", 0.4, 1), ("Rotate", 0.6, 8)),
+    (("Solarize", 0.8, 3), ("Equalize", 0.4, 7)),
+    (("Solarize", 0.4, 2), ("Solarize", 0.6, 2)),
+    (("Color", 0.2, 0), ("Equalize", 0.8, 8)),
+    (("Equalize", 0.4, 8), ("SolarizeAdd", 0.8, 3)),
+    (("ShearX", 0.2, 9), ("Rotate", 0.6, 8)),
+    (("Color", 0.6, 1), ("Equalize", 1.0, 2)),
+    (("Invert", 0.4, 9), ("Rotate", 0.6, 0)),
+    (("Equalize", 1.0, 9), ("ShearY", 0.6, 3)),
+    (("Color", 0.4, 7), ("Equalize", 0.6, 0)),
+    (("Posterize", 0.4, 6), ("AutoContrast", 0.4, 7)),
+    (("Solarize", 0.6, 8), ("Color", 0.6, 9)),
+    (("Solarize", 0.2, 4), ("Rotate", 0.8, 9)),
+    (("Rotate", 1.0, 7), ("TranslateY", 0.8, 9)),
+    (("ShearX", 0.0, 0), ("Solarize", 0.8, 4)),
+    (("ShearY", 0.8, 0), ("Color", 0.6, 4)),
+    (("Color", 1.0, 0), ("Rotate", 0.6, 2)),
+    (("Equalize", 0.8, 4), ("Equalize", 0.0, 8)),
+    (("Equalize", 1.0, 4), ("AutoContrast", 0.6, 2)),
+    (("ShearY", 0.4, 7), ("SolarizeAdd", 0.6, 7)),
+    (("Posterize", 0.8, 2), ("Solarize", 0.6, 10)),
+    (("Solarize", 0.6, 8), ("Equalize", 0.6, 1)),
+    (("Color", 0.8, 6), ("Rotate", 0.4, 5)),
+)
+
+# TF's distort_image_with_randaugment ops; the repo has Identity in place of Cutout.
+TF_RANDAUGMENT_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize",
+                      "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY",
+                      "TranslateX", "TranslateY", "Cutout", "SolarizeAdd")
+
+
+def _tf_level_to_arg(name, level):
+  """TF's level_to_arg (_MAX_LEVEL = 10); translate in the repo's unit, a fraction of the side.
+
+  TF translates by level / 10 * 100 px (RandAugment) or * 250 px (AutoAugment); the repo's
+  one deliberate deviation is level / 10 * 0.45 of the side for both.
+  """
+  enhance = (level / 10) * 1.8 + 0.1
+  return {"Rotate": (level / 10) * 30.0, "ShearX": (level / 10) * 0.3,
+          "ShearY": (level / 10) * 0.3, "TranslateX": (level / 10) * 0.45,
+          "TranslateY": (level / 10) * 0.45, "Posterize": int((level / 10) * 4),
+          "Solarize": int((level / 10) * 256), "SolarizeAdd": int((level / 10) * 110),
+          "Color": enhance, "Contrast": enhance, "Brightness": enhance,
+          "Sharpness": enhance}.get(name)
+
+
+# RandAugment at the default M=9, each argument worked out by hand from TF's formulas.
+RA_M9_ARGS = {
+    "Rotate": 27.0,  # (9 / 10) * 30, random sign
+    "ShearX": 0.27,  # (9 / 10) * 0.3, random sign
+    "ShearY": 0.27,
+    "TranslateX": 0.405,  # TF: (9 / 10) * 100 = 90 px; here (9 / 10) * 0.45 of the side
+    "TranslateY": 0.405,
+    "Posterize": 3,  # int((9 / 10) * 4) = int(3.6): 3 bits kept, a shift of 5
+    "Solarize": 230,  # int((9 / 10) * 256) = int(230.4): levels >= 230 inverted
+    "SolarizeAdd": 99,  # int((9 / 10) * 110) = 99 added to levels < 128
+    "Color": 1.72,  # (9 / 10) * 1.8 + 0.1, no sign
+    "Contrast": 1.72,
+    "Brightness": 1.72,
+    "Sharpness": 1.72,
+}
+
+
+def _policy_image():
+  """16x16 levels that include both sides of the posterize / solarize boundaries."""
+  levels = np.random.RandomState(16).randint(0, 256, (16, 16, 3))
+  levels[0, :8, 0] = [0, 127, 128, 182, 229, 230, 231, 255]
+  return levels, (levels / 255.0).astype(np.float32)
+
+
+def _tf_reference(name, arg, sign, x, levels):
+  """The op with TF's argument: NumPy on the 256 levels for the pixel ops, as TF does."""
+  luma = x.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+
+  def blend(degenerate):
+    return np.clip(degenerate + arg * (x - degenerate), 0.0, 1.0)
+
+  if name == "Posterize":
+    shift = min(8 - arg, 7)  # TF's uint8 shift kernel clamps a shift of 8 to 7
+    return ((levels >> shift) << shift) / 255.0
+  if name == "Solarize":
+    return np.where(levels < arg, levels, 255 - levels) / 255.0
+  if name == "SolarizeAdd":
+    return np.where(levels < 128, np.minimum(levels + arg, 255), levels) / 255.0
+  side = x.shape[0]
+  return {
+      "Identity": lambda: x, "AutoContrast": lambda: A.autocontrast(x),
+      "Equalize": lambda: A.equalize(x), "Invert": lambda: 1.0 - x,
+      "Rotate": lambda: A.rotate(x, arg * sign), "ShearX": lambda: A.shear_x(x, arg * sign),
+      "ShearY": lambda: A.shear_y(x, arg * sign),
+      "TranslateX": lambda: A.translate_x(x, arg * side * sign),
+      "TranslateY": lambda: A.translate_y(x, arg * side * sign),
+      "Color": lambda: blend(luma[..., None]), "Contrast": lambda: blend(luma.mean()),
+      "Brightness": lambda: blend(0.0), "Sharpness": lambda: A.sharpness(x, arg),
+  }[name]()
+
+
+_apply_op = jax.jit(P.apply_op, static_argnums=0)  # one compile per op list
+
+
+def test_randaugment_m9_arguments_are_tf_arithmetic():
+  for name, arg in RA_M9_ARGS.items():
+    np.testing.assert_allclose(_tf_level_to_arg(name, 9), arg, rtol=1e-12, err_msg=name)
+  assert base_config().augment.ra_magnitude == 9
+
+
+@pytest.mark.parametrize("magnitude", [0, 5, 9, 10])
+def test_randaugment_ops_match_tf(magnitude):
+  names = [op.name for op in P.RANDAUGMENT_OPS]
+  assert sorted(names) == sorted(set(TF_RANDAUGMENT_OPS) - {"Cutout"} | {"Identity"})
+  levels, x = _policy_image()
+  for i, name in enumerate(names):
+    arg = RA_M9_ARGS.get(name) if magnitude == 9 else _tf_level_to_arg(name, magnitude)
+    for sign in (1.0, -1.0):  # TF negates the geometric args at random, nothing else
+      np.testing.assert_allclose(_apply_op(P.RANDAUGMENT_OPS, i, x, magnitude / 10, sign),
+                                 _tf_reference(name, arg, sign, x, levels), atol=1e-4,
+                                 err_msg=f"{name} M={magnitude} sign={sign}")
+
+
+def test_randaugment_applies_one_op_at_the_configured_magnitude():
+  # Every single-op RandAugment output at M=9 is one of the 32 (op, sign) references.
+  levels, x = _policy_image()
+  refs = np.stack([_tf_reference(op.name, RA_M9_ARGS.get(op.name), sign, x, levels)
+                   for op in P.RANDAUGMENT_OPS for sign in (1.0, -1.0)])
+  keys = jax.random.split(_key(8), 48)
+  outs = np.asarray(jax.jit(jax.vmap(lambda k: A.randaugment(k, x, 1, 9.0)))(keys))
+  err = np.abs(outs[:, None] - refs[None]).max(axis=(2, 3, 4))  # [draw, reference]
+  assert (err.min(axis=1) < 1e-4).all(), err.min(axis=1)
+  assert len(set(err.argmin(axis=1))) > 10  # draws pick many different ops
+
+
+def test_autoaugment_policy_is_tf_policy_v0():
+  assert P.AUTOAUGMENT_IMAGENET_POLICY == TF_POLICY_V0
+  # What autoaugment() draws from: op indices, probabilities, levels / 10.
+  ops, probs, levels = P._policy_tables()
+  names = [[P.AUTOAUGMENT_OPS[i].name for i in row] for row in ops]
+  assert names == [[n for n, _, _ in sub] for sub in TF_POLICY_V0]
+  np.testing.assert_allclose(probs, [[p for _, p, _ in sub] for sub in TF_POLICY_V0])
+  np.testing.assert_allclose(levels * 10, [[m for _, _, m in sub] for sub in TF_POLICY_V0],
+                             rtol=1e-6)
+
+
+def test_autoaugment_ops_at_policy_levels_match_tf():
+  levels, x = _policy_image()
+  names = [op.name for op in P.AUTOAUGMENT_OPS]
+  for name, level in sorted({(n, m) for sub in TF_POLICY_V0 for n, _, m in sub}):
+    arg = _tf_level_to_arg(name, level)
+    for sign in (1.0, -1.0):
+      np.testing.assert_allclose(
+          _apply_op(P.AUTOAUGMENT_OPS, names.index(name), x, level / 10, sign),
+          _tf_reference(name, arg, sign, x, levels), atol=1e-4,
+          err_msg=f"{name} level={level} sign={sign}")
+
+
+def test_enhance_ops_above_one_match_pil():
+  # PIL truncates its result to uint8, so 255 * ours - PIL is in [0, 1) where the two
+  # degenerate images agree. PIL rounds its degenerate to a level (Color: the grey L of
+  # each pixel; Contrast: int(mean of L + 0.5)), which moves the result by up to
+  # (factor - 1) * 0.5 levels (0.6: with PIL's fixed-point L and the mean of rounded Ls);
+  # Brightness's black is exact.
+  rng = np.random.RandomState(17)
+  levels = np.stack([rng.randint(150, 256, (16, 16)), rng.randint(0, 120, (16, 16)),
+                     rng.randint(40, 220, (16, 16))], -1).astype(np.uint8)  # unequal means
+  x = (levels / 255.0).astype(np.float32)
+  image = Image.fromarray(levels)
+  ops = {"Brightness": (A.brightness, 0.0), "Color": (A.color, 0.6),
+         "Contrast": (A.contrast, 0.6)}
+  for name, (op, rounding) in ops.items():
+    for factor in (1.3, 1.72, 1.9):
+      ours = np.asarray(op(x, factor), np.float64) * 255.0
+      pil = np.asarray(getattr(ImageEnhance, name)(image).enhance(factor), np.float64)
+      diff = ours - pil
+      slack = (factor - 1.0) * rounding + 1e-3
+      assert diff.min() >= -slack and diff.max() < 1.0 + slack, (name, factor, diff.min(),
+                                                                  diff.max())
+      assert (pil == 255).any()  # the factor clips: what the test is about
 
 
 # ----------------------------------------------------------------- full pipeline
@@ -399,7 +577,8 @@ def test_eval_transform_normalises():
 
 @pytest.mark.parametrize("field,value", [("policy", "mixup"), ("n_views", 0),
                                          ("crop_scale", (0.0, 1.0)), ("ra_magnitude", 11),
-                                         ("jitter_prob", 1.5), ("ra_num_ops", -1)])
+                                         ("jitter_prob", 1.5), ("flip_prob", -0.1),
+                                         ("ra_num_ops", -1)])
 def test_bad_config_raises_naming_the_field(field, value):
   with pytest.raises(ValueError, match=field):
     A.make_train_augment(_config("simaugment", **{field: value}), mean=MEAN, std=STD)
@@ -410,3 +589,97 @@ def test_bad_mean_std_and_images_raise():
     A.make_eval_transform(mean=(0.5, 0.5), std=(0.2,))
   with pytest.raises(ValueError, match="images"):
     A.make_eval_transform(mean=MEAN, std=STD)(np.zeros((2, 4, 4, 1), np.uint8))
+
+
+# ------------------------------------------------- flip_prob and random decisions
+
+
+@pytest.mark.parametrize("policy", ["simaugment", "randaugment", "autoaugment", "cropflip"])
+def test_every_policy_flips_with_flip_prob(policy, monkeypatch):
+  # Crop scale 1 with ratios around 1 only fits the whole image, and the policies' own
+  # ops are off (AutoAugment's cannot be, so it is stubbed): a view is the image or its
+  # mirror, and flip_prob 0 / 1 must give all of one.
+  monkeypatch.setattr(A, "autoaugment", lambda key, img: img)
+  images = _batch(2, 8)
+  for flip_prob in (0.0, 1.0):
+    cfg = _config(policy, n_views=8, crop_scale=(1.0, 1.0), flip_prob=flip_prob,
+                  jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, ra_num_ops=0)
+    # Eager: its primitives compile once for all four policies, a jit once per config.
+    fn = A.make_train_augment(cfg, mean=(0.0,) * 3, std=(1.0,) * 3)
+    out = np.asarray(fn(_key(), images))
+    ref = images / 255.0 if flip_prob == 0 else images[:, :, ::-1] / 255.0
+    np.testing.assert_allclose(out, np.broadcast_to(ref[:, None], out.shape), atol=1e-6,
+                               err_msg=f"flip_prob={flip_prob}")
+
+
+DRAWS = 4000  # single-image views in one vmapped call
+
+
+def _binomial_ok(count, p, n=DRAWS, sds=4.5):
+  """`count` of `n` Bernoulli(p) draws within `sds` standard deviations of n * p."""
+  return abs(count - n * p) <= sds * math.sqrt(n * p * (1 - p))
+
+
+def _simaugment_draws(image_levels, **fields):
+  """DRAWS simaugment views of one uint8 image, unnormalised, crop the identity."""
+  cfg = _config("simaugment", n_views=DRAWS, crop_scale=(1.0, 1.0), **fields)
+  fn = jax.jit(A.make_train_augment(cfg, mean=(0.0,) * 3, std=(1.0,) * 3))
+  return np.asarray(fn(_key(21), image_levels[None].astype(np.uint8)))[0], cfg
+
+
+def test_simaugment_flip_grayscale_blur_at_their_probabilities():
+  # Jitter off; each other decision leaves its own mark. A white row over a black row:
+  # any blur (sigma >= 0.1 gives the neighbours weight >= exp(-50) > 0) lifts black above 0.
+  # Below, red left / blue right: grey makes a pixel's channels equal, the flip puts blue
+  # (or its luma 0.27, against red's 0.39) on the left.
+  levels = np.zeros((20, 20, 3))  # >= 20 px: a 3-tap blur kernel
+  levels[0] = 255
+  levels[2:, :10] = (204, 51, 51)
+  levels[2:, 10:] = (51, 51, 204)
+  views, cfg = _simaugment_draws(levels, jitter_prob=0.0, blur_prob=0.5)
+  assert (cfg.flip_prob, cfg.grayscale_prob) == (0.5, 0.2)  # the defaults
+  probe = views[:, 12, 3]  # inside the red half, away from edges the blur could reach
+  grey = np.abs(probe - probe[:, :1]).max(axis=1) < 1e-6
+  flipped = probe[:, 0] < 0.33
+  blurred = views[:, 1, 10].max(axis=1) > 0
+  for decision, hits, p in (("flip", flipped, cfg.flip_prob),
+                            ("grayscale", grey, cfg.grayscale_prob),
+                            ("blur", blurred, cfg.blur_prob)):
+    assert _binomial_ok(hits.sum(), p), (decision, hits.sum(), DRAWS * p)
+
+
+def test_simaugment_jitter_at_its_probability():
+  levels = np.random.RandomState(18).randint(30, 226, (4, 4, 3))
+  views, cfg = _simaugment_draws(levels, flip_prob=0.0, grayscale_prob=0.0, blur_prob=0.0)
+  assert cfg.jitter_prob == 0.8
+  jittered = np.abs(views - levels / 255.0).max(axis=(1, 2, 3)) > 1e-4
+  assert _binomial_ok(jittered.sum(), cfg.jitter_prob), (jittered.sum(), DRAWS * 0.8)
+
+
+def test_color_jitter_factor_ranges():
+  # All four ops in their random order, on two images that share each key (so the same
+  # factors): on greys hue and saturation do nothing and brightness and contrast commute,
+  # so two greys around their mean 0.5 give b (their sum) and c; every op scales a
+  # colour's channel range by its factor but hue, which keeps the range, and all but hue
+  # keep its hue. Contrast strength 1.5 tests the max(0, 1 - s).
+  n = 2000
+  images = np.array([[[[0.45] * 3, [0.55] * 3]], [[[0.42, 0.38, 0.40]] * 2]], np.float32)
+  one_key = jax.vmap(lambda k, x: A.color_jitter(k, x, 0.4, 1.5, 0.4, 0.1), in_axes=(None, 0))
+  out = jax.jit(jax.vmap(one_key, in_axes=(0, None)))(jax.random.split(_key(22), n), images)
+  out = np.asarray(out, np.float64)  # [n, 2 images, 1, 2, 3]
+  g1, g2 = out[:, 0, 0, 0, 0], out[:, 0, 0, 1, 0]  # b (0.5 -+ 0.05 c)
+  b = g1 + g2
+  c = (g2 - g1) / (0.1 * b)
+  colour = out[:, 1, 0, 0]
+  s = np.ptp(colour, axis=1) / (b * c * 0.04)
+  h0 = colorsys.rgb_to_hsv(*images[1, 0, 0])[0]
+  h = np.array([(colorsys.rgb_to_hsv(*p)[0] - h0 + 0.5) % 1.0 - 0.5 for p in colour])
+  steady = c > 0.2  # the colour's range shrinks with c, and float32 rounding grows
+  factors = {"brightness": (b, 0.6, 1.4), "contrast": (c, 0.0, 2.5),
+             "saturation": (s[steady], 0.6, 1.4), "hue": (h[steady], -0.1, 0.1)}
+  for name, (f, lo, hi) in factors.items():
+    span = hi - lo
+    assert f.min() >= lo - 1e-4 and f.max() <= hi + 1e-4, (name, f.min(), f.max())
+    # Uniform: the extremes of >1800 draws lie within 1% of the bounds (fails w.p. < 1e-8).
+    assert f.min() < lo + 0.01 * span and f.max() > hi - 0.01 * span, (name, f.min(), f.max())
+    assert abs(f.mean() - (lo + hi) / 2) < 4.5 * span / math.sqrt(12 * len(f)), (name, f.mean())
