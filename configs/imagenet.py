@@ -22,8 +22,9 @@ def get_config(arg: str = ""):
   c.data.eval_split = "validation"
   c.data.num_classes = 1000
   c.data.image_size = 224
-  c.data.host_resize = True  # images differ in size: random-resized crop on the host ...
-  c.data.host_crop_scale = (0.08, 1.0)  # ... with the Inception / SimCLR area range
+  # Images differ in size: each view is its own random-resized crop, drawn on the host while
+  # decoding (one decode, the JPEG only where the crops are); evaluation: resize + centre crop.
+  c.data.host_resize = True
   c.data.mean = (0.485, 0.456, 0.406)
   c.data.std = (0.229, 0.224, 0.225)
   c.data.shuffle_buffer = 50_000
@@ -35,10 +36,10 @@ def get_config(arg: str = ""):
   c.model.zero_init_residual = True  # standard for large-batch ResNet training (Goyal et al.)
   c.model.dtype = "bfloat16"  # TPU/GPU matrix units; parameters and the loss stay float32
 
-  # The host already cropped: the device adds flip + AutoAugment (the paper's best policy for
-  # SupCon), at full-image scale so the crop is not applied twice.
+  # An independent crop per view, SimCLR's most important augmentation, with the Inception /
+  # SimCLR area range; then flip + AutoAugment (the paper's best policy for SupCon) on device.
   c.augment.policy = "autoaugment"
-  c.augment.crop_scale = (1.0, 1.0)
+  c.augment.crop_scale = (0.08, 1.0)
   c.augment.n_views = 2
 
   c.loss.temperature = 0.1  # the paper's choice; lower is better for accuracy, but less stable
@@ -53,7 +54,8 @@ def get_config(arg: str = ""):
   c.optim.momentum = 0.9
   c.optim.weight_decay = 1e-6
 
-  # Linear evaluation on frozen r: the paper trains it with RMSProp; crop + flip only.
+  # Linear evaluation on frozen r: the paper trains it with RMSProp; one random-resized crop
+  # (on the host) + flip for training, resize + centre crop for evaluation.
   c.linear.epochs = 90.0
   c.linear.batch_size = 4096
   c.linear.augment = "cropflip"

@@ -211,11 +211,12 @@ def random_gaussian_blur(key: jax.Array, img: jax.Array,
 
 def _crop_flip_view(cfg) -> ViewFn:
   scale, flip_p = tuple(cfg.crop_scale), float(cfg.flip_prob)
+  whole = scale == (1.0, 1.0)  # no crop: the host has already cropped this view
 
   def view(key, img):
     # The flip key is split off even when flip_p is 0, so other keys do not depend on it.
     k_crop, k_flip = jax.random.split(key)
-    return random_flip(k_flip, random_resized_crop(k_crop, img, scale), flip_p)
+    return random_flip(k_flip, img if whole else random_resized_crop(k_crop, img, scale), flip_p)
   return view
 
 
@@ -293,10 +294,12 @@ def _normaliser(mean: Sequence[float], std: Sequence[float]):
   return lambda x: (x - mean) / std
 
 
-def _to_unit_float(images: jax.Array, channels: int) -> jax.Array:
-  if images.ndim != 4 or images.dtype != jnp.uint8 or images.shape[-1] != channels:
-    raise ValueError(f"images must be uint8 [B, H, W, {channels}] (one channel per mean "
-                     f"entry), got {images.dtype} {images.shape}")
+def _to_unit_float(images: jax.Array, channels: int, ndims: tuple[int, ...] = (4,)) -> jax.Array:
+  if images.ndim not in ndims or images.dtype != jnp.uint8 or images.shape[-1] != channels:
+    shapes = " or ".join({4: f"[B, H, W, {channels}]", 5: f"[B, V, H, W, {channels}]"}[n]
+                         for n in ndims)
+    raise ValueError(f"images must be uint8 {shapes} (one channel per mean entry), got "
+                     f"{images.dtype} {images.shape}")
   return images.astype(jnp.float32) * (1.0 / 255.0)  # the one uint8 -> float conversion
 
 
@@ -305,7 +308,10 @@ def _to_unit_float(images: jax.Array, channels: int) -> jax.Array:
 
 def make_train_augment(augment_config, *, mean: Sequence[float],
                        std: Sequence[float]) -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """fn(rng, uint8 [B, H, W, C]) -> normalised float32 views [B, V, H, W, C]."""
+  """fn(rng, uint8 [B, H, W, C]) -> normalised float32 views [B, V, H, W, C].
+
+  Images [B, V, H, W, C] (each view already cropped on the host) get one view each.
+  """
   check_config(augment_config)
   n_views = augment_config.n_views
   view = _make_view(augment_config)
@@ -313,23 +319,32 @@ def make_train_augment(augment_config, *, mean: Sequence[float],
   channels = len(mean)
 
   def augment(rng: jax.Array, images: jax.Array) -> jax.Array:
-    x = _to_unit_float(images, channels)
+    x = _to_unit_float(images, channels, ndims=(4, 5))
+    if x.ndim == 5 and x.shape[1] != n_views:
+      raise ValueError(f"images hold {x.shape[1]} views per image; augment.n_views={n_views}")
+    per_view = x if x.ndim == 5 else jnp.broadcast_to(x[:, None], (x.shape[0], n_views)
+                                                      + x.shape[1:])
     if view is None:
-      views = jnp.broadcast_to(x[:, None], (x.shape[0], n_views) + x.shape[1:])
-    else:
-      keys = jax.random.split(rng, (x.shape[0], n_views))
-      views = jax.vmap(jax.vmap(view, in_axes=(0, None)))(keys, x)
-    return normalise(views)
+      return normalise(per_view)
+    keys = jax.random.split(rng, (x.shape[0], n_views))
+    if x.ndim == 5:
+      return normalise(jax.vmap(jax.vmap(view))(keys, x))
+    return normalise(jax.vmap(jax.vmap(view, in_axes=(0, None)))(keys, x))
 
   return augment
 
 
-def from_config(config: Any, **overrides: Any) -> Callable[[jax.Array, jax.Array], jax.Array]:
+def from_config(config: Any, *, host_cropped: bool = False,
+                **overrides: Any) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """`make_train_augment` of `config.augment`, normalised with `config.data`'s statistics.
 
-  `overrides` replace fields of `config.augment` (e.g. `n_views=1` for a single view).
+  `overrides` replace fields of `config.augment` (e.g. `n_views=1` for a single view). With
+  `host_cropped` (see `data.crops_on_host`) the images arrive cropped, each view its own
+  random-resized crop, and the device only flips and applies the policy: it never crops twice.
   """
   fields = types.SimpleNamespace(**{**config.augment.to_dict(), **overrides})
+  if host_cropped:
+    fields.crop_scale = (1.0, 1.0)
   return make_train_augment(fields, mean=config.data.mean, std=config.data.std)
 
 

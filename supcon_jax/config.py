@@ -39,8 +39,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_classes = 10
   c.data.mean = (0.4914, 0.4822, 0.4465)  # per channel, pixels / 255
   c.data.std = (0.2470, 0.2435, 0.2616)
-  c.data.host_crop_scale = (0.08, 1.0)  # tfds/folder with resize: random-resized crop on the host
-  c.data.host_resize = False  # crop+resize on the host (ImageNet: images differ in size)
+  # Images of mixed sizes (ImageNet): streamed training images get each view's random-resized
+  # crop (augment.crop_scale; linear.crop_scale for the linear stage) while decoding, on the
+  # host; evaluation images are resized and centre-cropped.
+  c.data.host_resize = False
   c.data.shuffle_buffer = 10_000
   c.data.prefetch = 2
   c.data.in_memory = False  # tfds/folder: decode once, then serve from device memory (CIFAR-size)

@@ -21,7 +21,8 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from supcon_jax import augment, checkpoint, losses, methods, metrics, optim, sharding, train
+from supcon_jax import augment, checkpoint, data, losses, methods, metrics, optim, sharding
+from supcon_jax import train
 from supcon_jax.models import heads
 
 LINEAR_POLICIES = ("cropflip", "none")  # config.linear.augment
@@ -162,7 +163,9 @@ def linear_evaluation(config: ml_collections.ConfigDict, encoder: TrainedEncoder
     loss_fn = lambda p, bs, batch, rng: (ce(p, batch["repr"], batch["label"]), bs)
     frozen = ()
   else:
-    aug = augment.from_config(config, policy=lin.augment, n_views=1, crop_scale=lin.crop_scale)
+    # One random-resized crop (here or, for streamed images of mixed sizes, on the host) + flip.
+    aug = augment.from_config(config, policy=lin.augment, n_views=1, crop_scale=lin.crop_scale,
+                              host_cropped=data.crops_on_host(config.data))
 
     def loss_fn(p, bs, batch, rng, enc_vars):
       r = encoder.apply(enc_vars, aug(rng, batch["image"])[:, 0], train=False)["repr"]

@@ -50,7 +50,9 @@ def run_method(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
   _check_writable(workdir)
   method = methods.get(config.method)
   mesh = sharding.make_mesh()
-  train_source = _source(config, "train", config.batch_size, mesh)
+  # Streamed images of mixed sizes get each view's random-resized crop while decoding.
+  train_source = _source(config, "train", config.batch_size, mesh,
+                         data.Crops(method.views(config), tuple(config.augment.crop_scale)))
   eval_source = _source(config, "eval", config.batch_size, mesh)
   model = method.build_model(config.model, config.data.num_classes)
   results: dict[str, Any] = {"method": method.name, "stage": config.stage}
@@ -162,16 +164,20 @@ def _variables(state: train.TrainState) -> dict[str, Any]:
   return {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def _source(config, split: str, batch: int, mesh) -> Source:
+def _source(config, split: str, batch: int, mesh, crops: data.Crops = data.Crops()) -> Source:
   return data.make_source(config.data, split=split, global_batch=batch, mesh=mesh,
-                          seed=config.seed)
+                          seed=config.seed, crops=crops)
 
 
 def _linear_source(config, train_source: Source, mesh) -> Source:
-  """The training split at the linear stage's batch size (the same source when it matches)."""
-  if config.linear.batch_size == config.batch_size:
+  """The training split for the linear classifier: one crop per image, its batch size.
+
+  The pre-training source serves where it matches (same batch, and the device crops).
+  """
+  if config.linear.batch_size == config.batch_size and not data.crops_on_host(config.data):
     return train_source
-  return _source(config, "train", config.linear.batch_size, mesh)
+  return _source(config, "train", config.linear.batch_size, mesh,
+                 data.Crops(1, tuple(config.linear.crop_scale)))
 
 
 def _check_writable(workdir: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import flax.linen as nn
 from jax.sharding import Mesh
 
-from supcon_jax import augment, losses, models
+from supcon_jax import augment, data, losses, models
 from supcon_jax.checks import one_of
 from supcon_jax.train import LossFn
 
@@ -46,7 +46,8 @@ class Method:
 
   def loss_fn(self, config: Any, model: nn.Module, mesh: Mesh) -> LossFn:
     """The training loss of this method on its augmented views of a batch."""
-    augment_fn = augment.from_config(config, n_views=self.views(config))
+    augment_fn = augment.from_config(config, n_views=self.views(config),
+                                     host_cropped=data.crops_on_host(config.data))
     return self.make_loss(self, config, model, augment_fn, mesh)
 
 

@@ -34,3 +34,51 @@ def test_plan_is_decided_once_and_read_back(tmp_path):
 
   assert budget.plan_epochs(config, str(tmp_path), started=started - 1e6, probe=no_probe,
                             steps_per_epoch=20) == epochs
+
+
+class _FakeClock:
+  """time.time() that moves only when a step runs: 20 s to compile, `step_s` per step."""
+
+  def __init__(self, step_s):
+    self.now, self.step_s = 1000.0, step_s
+
+  def time(self):
+    return self.now
+
+  def slowed(self, make_step):
+    def make(*args, **kwargs):
+      step, compiled = make_step(*args, **kwargs), []
+
+      def run(*step_args):
+        self.now += self.step_s if compiled else 20.0 + self.step_s
+        compiled.append(True)
+        return step(*step_args)
+      return run
+    return make
+
+
+def test_budget_path_end_to_end_with_a_fake_clock(tmp_path, monkeypatch):
+  from supcon_jax import experiment, train
+  from tests.test_experiment import tiny_config
+  clock = _FakeClock(step_s=2.0)
+  monkeypatch.setattr(budget, "time", clock)
+  monkeypatch.setattr(experiment, "time", clock)
+  monkeypatch.setattr(train, "make_step", clock.slowed(train.make_step))
+  config = tiny_config("supcon")
+  config.stage = "pretrain"
+  config.batch_size = 256  # 1,437 training digits: 5 steps of 10 s per epoch
+  config.epochs = 1000.0  # a ceiling: the budget decides
+  config.model.width = 0.0625
+  config.augment.policy = "cropflip"
+  config.time_budget_s, config.time_reserve_s = 140.0, 20.0
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 1000
+  results = experiment.train_and_evaluate(config, str(tmp_path))
+  plan = json.loads((tmp_path / "budget.json").read_text())
+  # The probe: 3 warm-up steps, the first compiling (20 + 3 x 2 s), then 10 timed steps.
+  assert plan["step_seconds"] == pytest.approx(2.0)
+  assert plan["compile_seconds"] == pytest.approx(26.0)
+  # Left for pre-training: 140 - 46 s spent probing - 26 s to compile again - 20 reserved.
+  assert plan["seconds_left_for_pretraining"] == pytest.approx(48.0)
+  assert plan["epochs"] == results["epochs"] == 4.0  # floor(48 / 10 s per epoch)
+  assert results["encoder_steps"] == 20

@@ -20,7 +20,9 @@ from PIL import Image
 
 from supcon_jax import sharding
 from supcon_jax.config import base_config
-from supcon_jax.data import ArraySource, list_images, make_source, split_files, write_split
+from supcon_jax import augment, experiment
+from supcon_jax.data import (ArraySource, Crops, list_images, make_source, split_files,
+                             write_split)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -261,8 +263,9 @@ def test_folder_source_batches_and_eval_split(folder, mesh, in_memory):
 
 def test_folder_host_crops_are_deterministic(folder, mesh):
   c = _config(source="folder", train_dir=str(folder), num_classes=3, image_size=6,
-              host_resize=True, host_crop_scale=(0.2, 0.5))
-  src = make_source(c, split="train", global_batch=8, mesh=mesh, seed=1)
+              host_resize=True)
+  src = make_source(c, split="train", global_batch=8, mesh=mesh, seed=1,
+                    crops=Crops(1, (0.2, 0.5)))
   stream = _take(src.train_batches(), 5)  # 15 images: one epoch is a single batch
   for b in stream:
     np.testing.assert_array_equal(_class_of(b["image"]), b["label"])
@@ -380,18 +383,121 @@ def test_tfds_pipeline_on_mock_data(mesh):
                   global_batch=16, mesh=mesh, seed=0)
 
 
-def test_jpeg_crop_decodes_only_the_window_with_the_same_result():
+def test_jpeg_crops_decode_only_their_window_with_the_same_result():
   from supcon_jax.data import tfdata
   y, x = np.mgrid[:40, :60]
   image = np.stack([x * 4, y * 6, (x + y) * 2], axis=-1).astype(np.uint8)
   path = io.BytesIO()
   Image.fromarray(image).save(path, format="JPEG", quality=95)
   encoded = tfdata.tf.constant(path.getvalue())
-  seed = tfdata.tf.constant([1, 2], tfdata.tf.int64)
-  window = tfdata.random_crop(encoded, seed, 16, (0.08, 1.0), jpeg=True).numpy()
-  full = tfdata.random_crop(encoded, seed, 16, (0.08, 1.0), jpeg=False).numpy()
+  seeds = tfdata.tf.constant([[1, 2], [1, 3]], tfdata.tf.int64)
+  window = tfdata.random_crops(encoded, seeds, 16, (0.08, 1.0), jpeg=True).numpy()
+  full = tfdata.random_crops(encoded, seeds, 16, (0.08, 1.0), jpeg=False).numpy()
   np.testing.assert_array_equal(window, full)
-  assert window.shape == (16, 16, 3) and window.std() > 1
+  assert window.shape == (2, 16, 16, 3) and window.std() > 1
+  assert not np.array_equal(window[0], window[1])
+  # One view alone is the first of the two: adding views does not move the others' crops.
+  one = tfdata.random_crops(encoded, seeds[:1], 16, (0.08, 1.0), jpeg=True).numpy()
+  np.testing.assert_array_equal(one[0], window[0])
+
+
+def _position_image(h=48, w=64):
+  """Red encodes the column and green the row, so a crop shows where it came from."""
+  y, x = np.mgrid[:h, :w]
+  return np.stack([x * 255 // (w - 1), y * 255 // (h - 1), np.full_like(x, 128)],
+                  axis=-1).astype(np.uint8)
+
+
+def test_host_drawn_views_of_one_image_come_from_different_regions(tmp_path, mesh):
+  for c in range(2):
+    (tmp_path / f"c{c}").mkdir()
+    for i in range(8):
+      Image.fromarray(_position_image()).save(tmp_path / f"c{c}" / f"{i}.png")
+  cfg = _config(source="folder", train_dir=str(tmp_path), num_classes=2, image_size=16,
+                host_resize=True)
+  src = make_source(cfg, split="train", global_batch=16, mesh=mesh, seed=0,
+                    crops=Crops(2, (0.08, 0.3)))
+  images = np.asarray(next(src.train_batches())["image"])
+  assert images.shape == (16, 2, 16, 16, 3)
+  # Where each view lies in the image: its mean column and row (from red and green).
+  centres = images[..., :2].astype(np.float32).mean(axis=(2, 3))  # [16 images, 2 views, 2]
+  distance = np.abs(centres[:, 0] - centres[:, 1]).max(axis=-1)
+  assert (distance > 20).mean() > 0.8, distance  # crops of <= 30% of the area rarely coincide
+  # Each view is a random-resized crop, not the whole image: it spans a part of the columns.
+  spans = images[..., 0].max(axis=(2, 3)) - images[..., 0].min(axis=(2, 3))
+  assert (spans < 200).all(), spans
+  # On the device such views are flipped and coloured, never cropped again.
+  c = base_config()
+  c.augment.update(policy="cropflip", n_views=2, flip_prob=0.0, crop_scale=(0.08, 0.3))
+  c.data.update(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+  out = augment.from_config(c, host_cropped=True)(jax.random.key(0), images)
+  np.testing.assert_allclose(np.asarray(out), images / 255.0, atol=1e-6)
+  with pytest.raises(ValueError, match="2 views per image; augment.n_views=3"):
+    augment.from_config(c, host_cropped=True, n_views=3)(jax.random.key(0), images)
+  # The linear stage gets one host crop per image, of linear.crop_scale, and no device crop.
+  c.data.update(cfg.to_dict())
+  c.linear.update(batch_size=16, crop_scale=(0.08, 0.3))
+  linear = experiment._linear_source(c, src, mesh)  # pylint: disable=protected-access
+  one = np.asarray(next(linear.train_batches())["image"])
+  assert linear is not src and one.shape == (16, 16, 16, 3)
+  assert (one[..., 0].max(axis=(1, 2)) - one[..., 0].min(axis=(1, 2)) < 200).all()
+
+
+def _quadrants(h=32, w=48):
+  """Four flat colours, one per quadrant: red, green / blue, white."""
+  image = np.zeros((h, w, 3), np.uint8)
+  image[:h // 2, :w // 2] = (255, 0, 0)
+  image[:h // 2, w // 2:] = (0, 255, 0)
+  image[h // 2:, :w // 2] = (0, 0, 255)
+  image[h // 2:, w // 2:] = (255, 255, 255)
+  return image
+
+
+def _quadrant_colours(image):
+  """The mean colour inside each quadrant, away from the edges (JPEG rings there)."""
+  h, w = image.shape[:2]
+  parts = [image[:h // 2, :w // 2], image[:h // 2, w // 2:], image[h // 2:, :w // 2],
+           image[h // 2:, w // 2:]]
+  return np.stack([p[1:-1, 1:-1].reshape(-1, 3).mean(axis=0) for p in parts])
+
+
+def _kinds_of_images(root):
+  """One file per kind of image people have, and the upright RGB each must read as."""
+  rgb = _quadrants()
+  grey = np.asarray(Image.fromarray(rgb).convert("L").convert("RGB"))
+  expected = {}
+  Image.fromarray(rgb).convert("L").save(root / "grey.png")
+  expected["grey.png"] = grey
+  Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 9, np.uint8)]), "RGBA").save(
+      root / "rgba.png")
+  expected["rgba.png"] = rgb  # alpha dropped, not composited
+  Image.fromarray(rgb).convert("P").save(root / "palette.png")
+  expected["palette.png"] = rgb
+  sixteen = (np.asarray(Image.fromarray(rgb).convert("L"), np.uint16) * 257).astype(np.uint16)
+  Image.fromarray(sixteen).save(root / "sixteen.png")
+  assert Image.open(root / "sixteen.png").mode.startswith("I")
+  expected["sixteen.png"] = grey  # 16-bit levels v * 257 read as v
+  Image.fromarray(rgb).convert("CMYK").save(root / "cmyk.jpg", quality=95)
+  expected["cmyk.jpg"] = rgb
+  exif = Image.Exif()
+  exif[0x0112] = 6  # stored turned 90 degrees counter-clockwise: display turns it clockwise
+  Image.fromarray(rgb).transpose(Image.Transpose.ROTATE_90).save(root / "exif6.jpg",
+                                                                 quality=95, exif=exif)
+  expected["exif6.jpg"] = rgb
+  return expected
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_folder_reads_every_kind_of_image_upright_in_rgb(tmp_path, mesh, in_memory):
+  expected = _kinds_of_images((tmp_path / "a").mkdir() or tmp_path / "a")
+  names = sorted(expected)
+  cfg = _config(source="folder", train_dir=str(tmp_path), num_classes=1, image_size=16,
+                in_memory=in_memory, val_per_class=0, eval_dir=str(tmp_path))
+  src = make_source(cfg, split="eval", global_batch=8, mesh=mesh, seed=0)
+  batch = jax.tree.map(np.asarray, next(src.eval_batches()))
+  for name, image in zip(names, batch["image"]):  # a folder lists its files sorted
+    want = _quadrant_colours(np.asarray(Image.fromarray(expected[name]).resize((16, 16))))
+    np.testing.assert_allclose(_quadrant_colours(image), want, atol=12, err_msg=name)
 
 
 def test_eval_sample_is_spread_over_classes_not_the_first_rows():

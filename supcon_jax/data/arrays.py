@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image
 
 from supcon_jax import sharding
-from supcon_jax.data.base import Source, check_labels, check_num_classes, stratified_holdout
+from supcon_jax.data.base import (Crops, Source, check_labels, check_num_classes,
+                                  stratified_holdout)
 
 DIGITS_EVAL_PER_CLASS = 36  # digits: ~20% of its ~180 images per class held out for eval
 _SAMPLE_STREAM = 2**31 - 1  # the permutation "epoch" that picks eval_batches' fixed sample
@@ -119,8 +120,9 @@ def load_digits(image_size: int, *, split: str, per_class: int = DIGITS_EVAL_PER
 
 
 def make_arrays_source(data_config, *, split: str, global_batch: int,
-                       mesh: jax.sharding.Mesh, seed: int) -> ArraySource:
+                       mesh: jax.sharding.Mesh, seed: int, crops: Crops) -> ArraySource:
   """The built-in in-memory dataset `data_config.name` (digits), split "train" or "eval"."""
+  del crops  # the device crops in-memory images
   if data_config.name != "digits":
     raise ValueError(f"data.source='arrays' has one built-in dataset, 'digits'; got "
                      f"data.name={data_config.name!r}. Use ArraySource.from_arrays for your "

@@ -7,12 +7,31 @@ sharded over the `data` mesh axis. Evaluation batches also carry `mask` float32 
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+import dataclasses
+from typing import Any, Iterator, Sequence
 
 import jax
 import numpy as np
 
 EVAL_CROP = 0.875  # host_resize evaluation: shorter side to image_size / 0.875, central crop
+
+
+@dataclasses.dataclass(frozen=True)
+class Crops:
+  """The random-resized crops a streamed source with `data.host_resize` draws on the host:
+  `views` independent crops of every training image (batches then hold images [B, V, H, W, C]
+  for V > 1), each covering an area fraction in `scale` with aspect ratio in [3/4, 4/3]."""
+  views: int = 1
+  scale: tuple[float, float] = (0.08, 1.0)
+
+
+def crops_on_host(data_config: Any) -> bool:
+  """Whether training images are cropped on the host (so the device must not crop again).
+
+  Images of mixed sizes (`host_resize`) are cropped while decoding when they are streamed;
+  in device memory they are stored with the evaluation crop and the device crops them.
+  """
+  return bool(data_config.host_resize and not data_config.in_memory)
 
 
 class Source:

@@ -18,14 +18,16 @@ import os
 
 import jax
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from supcon_jax.checks import one_of
 from supcon_jax.data.arrays import ArraySource
-from supcon_jax.data.base import EVAL_CROP, Source, check_num_classes, stratified_holdout
+from supcon_jax.data.base import (EVAL_CROP, Crops, Source, check_num_classes,
+                                  stratified_holdout)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 BAD_IMAGES = ("fail", "skip")  # data.bad_images: stop at an unreadable image, or skip it
+_ORIENTATION = 0x0112  # the EXIF tag
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,11 +118,33 @@ def folder_files(data_config, split: str) -> FileList:
   return evaluation
 
 
+def exif_orientation(path: bytes | str) -> np.int64:
+  """The EXIF orientation code of an image file (1, upright, where it has none)."""
+  try:
+    with Image.open(path if isinstance(path, str) else path.decode()) as image:
+      return np.int64(image.getexif().get(_ORIENTATION, 1))
+  except Exception:  # pylint: disable=broad-except  # decoding it will fail, naming the file
+    return np.int64(1)
+
+
+def decode(path: str) -> Image.Image:
+  """An RGB PIL image: turned upright by its EXIF orientation, alpha dropped, 16-bit to 8-bit.
+
+  Reads what TensorFlow's decoders read the same way (tfdata.decode and tfdata.orient):
+  grey, palette, RGBA, CMYK, 16-bit and EXIF-rotated images.
+  """
+  with Image.open(path) as image:
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16L", "I;16B", "I"):
+      # PIL's convert("RGB") would clip 16-bit values at 255; keep the top 8 bits as TF does.
+      image = Image.fromarray((np.asarray(image, np.uint32) >> 8).clip(0, 255).astype(np.uint8))
+    return image.convert("RGB")  # decodes fully, so truncated files fail here
+
+
 def _read(path: str, size: int, host_resize: bool) -> np.ndarray | Exception:
   """uint8 [size, size, 3], or the exception that reading it raised."""
   try:
-    with Image.open(path) as image:
-      image = image.convert("RGB")  # decodes fully, so truncated files fail here
+    image = decode(path)
   except Exception as err:  # pylint: disable=broad-except  # PIL reports corrupt data many ways
     return err
   if host_resize:  # the evaluation transform: shorter side to size / 0.875, central crop
@@ -158,7 +182,7 @@ def load_images(files: FileList, size: int, *, host_resize: bool = False,
 
 
 def make_folder_source(data_config, *, split: str, global_batch: int,
-                       mesh: jax.sharding.Mesh, seed: int) -> Source:
+                       mesh: jax.sharding.Mesh, seed: int, crops: Crops) -> Source:
   """The image folder `data_config` names: in device memory, or streamed through tf.data."""
   one_of("data.bad_images", data_config.bad_images, BAD_IMAGES)
   files = folder_files(data_config, split)
@@ -179,5 +203,7 @@ def make_folder_source(data_config, *, split: str, global_batch: int,
   return tfdata.TfDataSource(
       records, host_counts=[len(range(i, len(files), n)) for i in range(n)],
       num_classes=len(files.classes), data_config=data_config, global_batch=global_batch,
-      mesh=mesh, seed=seed, shuffle_buffer=len(files), load=tf.io.read_file,
-      skip_bad=data_config.bad_images == "skip", name_of=lambda key: key.decode())
+      mesh=mesh, seed=seed, shuffle_buffer=len(files), crops=crops, load=tf.io.read_file,
+      skip_bad=data_config.bad_images == "skip", name_of=lambda key: key.decode(),
+      orientation=lambda key: tf.ensure_shape(
+          tf.numpy_function(exif_orientation, [key], tf.int64, stateful=False), []))

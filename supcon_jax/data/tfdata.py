@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from supcon_jax import sharding
-from supcon_jax.data.base import EVAL_CROP, Source
+from supcon_jax.data.base import EVAL_CROP, Crops, Source
 
 
 def _hide_accelerators() -> None:
@@ -66,27 +66,59 @@ def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
   return _to_uint8(image[top:top + size, left:left + size], size)
 
 
-def random_crop(encoded: tf.Tensor, seed: tf.Tensor, size: int,
-                scale: Sequence[float], jpeg: bool) -> tf.Tensor:
-  """Random-resized crop (area fraction in `scale`) to size x size; JPEGs decode only the crop."""
-  image = None if jpeg else decode(encoded)
-  shape = tf.image.extract_jpeg_shape(encoded) if jpeg else tf.shape(image)
+def _sample_box(shape: tf.Tensor, seed: tf.Tensor, scale: Sequence[float]):
   begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
       shape, tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed, min_object_covered=0.0,
       aspect_ratio_range=ASPECT_RANGE, area_range=tuple(scale), max_attempts=10,
       use_image_if_no_bounding_boxes=True)
+  return begin[:2], extent[:2]
+
+
+def random_crops(encoded: tf.Tensor, seeds: tf.Tensor, size: int, scale: Sequence[float],
+                 jpeg: bool) -> tf.Tensor:
+  """One random-resized crop (area fraction in `scale`) per row of `seeds`: [V, size, size, 3].
+
+  The image is decoded once for all crops; a JPEG only within the box that holds them all.
+  Bilinear resizing without antialiasing, as SimCLR's and big_vision's Inception crops: most
+  crops are enlarged, and antialiasing the others would cost half the host's throughput.
+  """
+  image = None if jpeg else decode(encoded)
+  shape = tf.image.extract_jpeg_shape(encoded) if jpeg else tf.shape(image)
+  boxes = [_sample_box(shape, seeds[v], scale) for v in range(seeds.shape[0])]
+  top_left = tf.reduce_min(tf.stack([b for b, _ in boxes]), axis=0)
   if jpeg:
-    window = tf.stack([begin[0], begin[1], extent[0], extent[1]])
+    bottom_right = tf.reduce_max(tf.stack([b + e for b, e in boxes]), axis=0)
+    window = tf.concat([top_left, bottom_right - top_left], axis=0)
     image = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
   else:
-    image = tf.slice(image, begin, extent)
-  return _to_uint8(tf.image.resize(image, [size, size], antialias=True), size)
+    top_left = tf.zeros_like(top_left)
+  crops = [tf.slice(image, tf.concat([b - top_left, [0]], 0), tf.concat([e, [3]], 0))
+           for b, e in boxes]
+  return tf.stack([_to_uint8(tf.image.resize(c, [size, size]), size)
+                   for c in crops])
 
 
 def eval_image(encoded: tf.Tensor, size: int, host_resize: bool) -> tf.Tensor:
   """The evaluation transform: centre crop (host_resize) or a plain resize to size x size."""
   image = decode(encoded)
   return center_crop(image, size) if host_resize else resize(image, size)
+
+
+def orient(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+  """`image` turned upright by its EXIF orientation code (1-8; 1 and unknown: unchanged).
+
+  The same transposes as PIL's `ImageOps.exif_transpose`.
+  """
+  turns = [lambda: image,
+           lambda: tf.image.flip_left_right(image),  # 2
+           lambda: tf.image.rot90(image, 2),  # 3
+           lambda: tf.image.flip_up_down(image),  # 4
+           lambda: tf.image.transpose(image),  # 5
+           lambda: tf.image.rot90(image, 3),  # 6: 90 degrees clockwise
+           lambda: tf.image.rot90(tf.image.transpose(image), 2),  # 7: the anti-diagonal
+           lambda: tf.image.rot90(image, 1)]  # 8: 90 degrees counter-clockwise
+  index = tf.where((orientation >= 1) & (orientation <= 8), orientation - 1, 0)
+  return tf.switch_case(tf.cast(index, tf.int32), turns)
 
 
 def decode_all(records: tf.data.Dataset, size: int,
@@ -113,15 +145,17 @@ class TfDataSource(Source):
 
   def __init__(self, records: tf.data.Dataset, *, host_counts: Sequence[int],
                num_classes: int, data_config, global_batch: int, mesh: jax.sharding.Mesh,
-               seed: int, shuffle_buffer: int,
+               seed: int, shuffle_buffer: int, crops: Crops,
                load: Callable[[tf.Tensor], tf.Tensor] | None = None, jpeg: bool = False,
-               skip_bad: bool = False, name_of: Callable[[bytes], str] | None = None):
+               skip_bad: bool = False, name_of: Callable[[bytes], str] | None = None,
+               orientation: Callable[[tf.Tensor], tf.Tensor] | None = None):
     """records: this host's (key, label int32) in a fixed order; `load(key)` gives the
     encoded image (key is the encoded image when load is None, a path for folders).
     host_counts: records of every process. shuffle_buffer: records in the shuffle buffer
-    (all of them where records are sorted by class, e.g. file paths). name_of: key -> file
-    name; given, a decode failure is traced back to its file and raised as a ValueError
-    naming it."""
+    (all of them where records are sorted by class, e.g. file paths). crops: the training
+    crops drawn here when data_config.host_resize. name_of: key -> file name; given, a
+    decode failure is traced back to its file and raised as a ValueError naming it.
+    orientation: key -> EXIF orientation code, applied after decoding."""
     self._host_batch = sharding.host_batch_size(global_batch, mesh)
     self.num_examples, self.num_classes = int(sum(host_counts)), num_classes
     size = data_config.image_size
@@ -131,7 +165,7 @@ class TfDataSource(Source):
     self._config, self._mesh, self._seed = data_config, mesh, seed
     self._load = load or (lambda key: key)
     self._jpeg, self._skip_bad, self._name_of = jpeg, skip_bad, name_of
-    self._shuffle_buffer = shuffle_buffer
+    self._shuffle_buffer, self._crops, self._orientation = shuffle_buffer, crops, orientation
 
   def _epoch_seed(self, epoch):
     return self._seed * 1_000_003 + epoch
@@ -140,18 +174,25 @@ class TfDataSource(Source):
     return self._records.shuffle(self._shuffle_buffer, seed=epoch_seed,
                                  reshuffle_each_iteration=False)
 
+  def _upright(self, image, key):
+    return image if self._orientation is None else orient(image, self._orientation(key))
+
   def _train_example(self, index, key, label, epoch_seed):
-    c = self._config
+    c, views = self._config, self._crops.views
     if c.host_resize:
-      seed = tf.stack([epoch_seed, index * jax.process_count() + jax.process_index()])
-      image = random_crop(self._load(key), seed, c.image_size, c.host_crop_scale, self._jpeg)
+      # Crop v of this host's example `index` has its own stateless seed (one view: as before).
+      example = index * jax.process_count() + jax.process_index()
+      seeds = tf.stack([tf.fill([views], epoch_seed),
+                        example * views + tf.range(views, dtype=tf.int64)], axis=1)
+      image = random_crops(self._load(key), seeds, c.image_size, self._crops.scale, self._jpeg)
+      image = image if views > 1 else image[0]
     else:
       image = resize(decode(self._load(key)), c.image_size)
-    return {"image": image, "label": label, "index": index}
+    return {"image": self._upright(image, key), "label": label, "index": index}
 
   def _eval_example(self, key, label):
     image = eval_image(self._load(key), self._config.image_size, self._config.host_resize)
-    return {"image": image, "label": label, "mask": tf.constant(1.0)}
+    return {"image": self._upright(image, key), "label": label, "mask": tf.constant(1.0)}
 
   def _finish(self, ds: tf.data.Dataset) -> tf.data.Dataset:
     options = tf.data.Options()

@@ -9,11 +9,11 @@ from __future__ import annotations
 import jax
 
 from supcon_jax.data.arrays import ArraySource
-from supcon_jax.data.base import Source, check_num_classes
+from supcon_jax.data.base import Crops, Source, check_num_classes
 
 
 def make_tfds_source(data_config, *, split: str, global_batch: int,
-                     mesh: jax.sharding.Mesh, seed: int) -> Source:
+                     mesh: jax.sharding.Mesh, seed: int, crops: Crops) -> Source:
   """The TFDS dataset `data_config.name`, split "train" or "eval", through tf.data."""
   from supcon_jax.data import tfdata  # pylint: disable=g-import-not-at-top  # hides the GPU first
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -48,5 +48,5 @@ def make_tfds_source(data_config, *, split: str, global_batch: int,
   return tfdata.TfDataSource(
       records(host_splits[jax.process_index()]), host_counts=host_counts,
       num_classes=num_classes, data_config=data_config, global_batch=global_batch, mesh=mesh,
-      seed=seed, shuffle_buffer=data_config.shuffle_buffer,
+      seed=seed, shuffle_buffer=data_config.shuffle_buffer, crops=crops,
       jpeg=features["image"].encoding_format == "jpeg")
