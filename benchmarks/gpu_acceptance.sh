@@ -75,7 +75,8 @@ speed() {
     # Every row on a tiny ResNet-18 and 128 loss rows; the MFU against a nominal 1 TFLOP/s.
     args=(--depth 18 --width 0.0625 --batch 16 --image-size 32 --rows 128 --augment none
           --dtype float32 --warmup 1 --windows 1 --steps-per-window 1 --peak-tflops 1)
-    export JAX_COMPILATION_CACHE_DIR="$OUT/.jax_cache"  # the rows that became alike compile once
+    # The rows that became alike compile once.
+    export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$OUT/.jax_cache}"
   fi
   say "speed: the reference suite (cut at ${SPEED_LIMIT_S} s)"
   # SIGTERM at the limit: the JSON keeps every finished row (it is rewritten after each).

@@ -3,8 +3,10 @@
 A checkpoint holds two items: `state` (the whole train state: parameters, BatchNorm
 statistics, optimiser state, step; the step is also the data position and the RNG
 position, since both are derived from the seed and the step) and `meta`, a small JSON
-record of what produced it (the model config), so that a workdir holding another model's
-checkpoints is refused with a clear message instead of an opaque shape error.
+record of what produced it: `identity`, the config values the run depends on (method,
+model, loss, optimiser, batch, data), so that a resume under other values is refused with
+one line naming them instead of continuing another run or failing with a shape error; and
+`schedule`, the learning-rate schedule decided for the run.
 
 Orbax writes each step into a temporary directory and renames it when complete, and
 removes old steps only after a newer one is finalised, so a crash mid-save never costs
@@ -19,7 +21,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from typing import Any
+import os
+import re
+from typing import Any, Sequence
 
 import jax
 import orbax.checkpoint as ocp
@@ -28,7 +32,7 @@ from jax.experimental import multihost_utils
 
 
 class CheckpointError(RuntimeError):
-  """No checkpoint in a directory that has them could be restored."""
+  """Checkpoints that cannot be restored, do not belong to this run, or cannot be written."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,11 +48,18 @@ class CheckpointRef:
 class Checkpointer:
   """Periodic, asynchronous saves of (state, meta) under `directory`, keeping the last N."""
 
-  def __init__(self, directory: str, *, every_steps: int, keep: int, meta: dict[str, Any]):
+  def __init__(self, directory: str, *, every_steps: int, keep: int, meta: dict[str, Any],
+               compare: Sequence[str] | None = None):
+    """meta["identity"]: {field: value} a restored checkpoint must agree with (on the keys
+    both have, so older checkpoints with fewer fields still resume); `compare`: only the
+    identity keys with these prefixes (None: all)."""
     self.directory = str(directory)
     self.every_steps = every_steps
     # JSON-normal (tuples become lists), so it compares equal to the meta a restore reads.
     self.meta = json.loads(json.dumps(meta))
+    self.restored_meta: dict[str, Any] | None = None
+    self._compare = compare
+    self._saving = None  # the step of the newest save started
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, cleanup_tmp_directories=True,
         enable_async_checkpointing=True)
@@ -63,11 +74,19 @@ class Checkpointer:
     """Whether the periodic schedule saves at `step`."""
     return step % self.every_steps == 0
 
+  def set_meta(self, **fields: Any) -> None:
+    """Adds `fields` to the meta of the checkpoints saved from now on."""
+    self.meta.update(json.loads(json.dumps(fields)))
+
   def save(self, step: int, state: Any) -> None:
     """Starts an asynchronous save of `state` as `step` (the caller decides when)."""
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               meta=ocp.args.JsonSave(self.meta))
-    self._manager.save(step, args=args, force=True)
+    try:  # also where the previous asynchronous save's failure surfaces
+      self._manager.save(step, args=args, force=True)
+    except Exception as e:  # noqa: BLE001  full disk, quota, permissions: orbax re-raises
+      raise self._save_error(self._saving or step, e) from e
+    self._saving = step
 
   def restore_latest(self, abstract_state: Any, *, step: int | None = None
                      ) -> tuple[int, Any] | None:
@@ -94,7 +113,7 @@ class Checkpointer:
                         step, self.directory, _short(e))
         unreadable.append(step)
         continue
-      self._check_same_model(meta["meta"])
+      self._check_same_run(meta["meta"])
       try:
         restored = self._manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
@@ -108,6 +127,7 @@ class Checkpointer:
         logging.warning("resuming from checkpoint %d, the newest readable one in %s",
                         step, self.directory)
       logging.info("restored checkpoint %d from %s", step, self.directory)
+      self.restored_meta = meta["meta"]
       return step, restored["state"]
     raise CheckpointError(f"none of the checkpoints {steps} in {self.directory} could be read; "
                           "move the directory away to start afresh")
@@ -123,19 +143,33 @@ class Checkpointer:
       multihost_utils.sync_global_devices("checkpoint_set_aside")
     self._manager.reload()
 
-  def _check_same_model(self, saved: dict[str, Any]) -> None:
-    mine = self.meta.get("model")
-    theirs = saved.get("model")
-    if mine is not None and theirs is not None and mine != theirs:
-      diff = {k: (theirs.get(k), mine.get(k)) for k in set(mine) | set(theirs)
-              if mine.get(k) != theirs.get(k)}
+  def _check_same_run(self, saved: dict[str, Any]) -> None:
+    """CheckpointError naming each identity field whose value this run changes."""
+    theirs, mine = _identity(saved), self.meta.get("identity", {})
+    differ = sorted(k for k in set(theirs) & set(mine) if theirs[k] != mine[k]
+                    and (self._compare is None or k.startswith(tuple(self._compare))))
+    if differ:
+      show = lambda values: ", ".join(f"{k}={_plain(values[k])}" for k in differ)
       raise CheckpointError(
-          f"{self.directory} holds checkpoints of a different model "
-          f"(field: (saved, configured) = {diff}); use another workdir")
+          f"workdir {os.path.dirname(self.directory)} was trained with {show(theirs)}; this "
+          f"run asks for {show(mine)} (use a new workdir)")
+
+  def _save_error(self, step: int, error: Exception) -> CheckpointError:
+    good = self.steps()
+    # tensorstore buries the cause ("No space left on device") deep in a long message.
+    cause = re.search(r"([A-Z][\w ]+) \[os_error_code='(\d+)'\]", str(error))
+    reason = f"{cause[1]} (errno {cause[2]})" if cause else _short(error)
+    return CheckpointError(
+        f"could not save checkpoint {step} in {self.directory}: {reason}; the newest "
+        f"complete checkpoint is {good[-1] if good else 'none'} (make room, then rerun the "
+        "same command to resume from it)")
 
   def wait(self) -> None:
-    """Blocks until every started save is finalised."""
-    self._manager.wait_until_finished()
+    """Blocks until every started save is finalised; CheckpointError if one failed."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      raise self._save_error(self._saving, e) from e
 
   def close(self) -> None:
     """Finishes pending saves and releases the manager."""
@@ -145,6 +179,18 @@ class Checkpointer:
 def abstract(tree: Any) -> Any:
   """Shapes, dtypes and shardings of `tree`: the target that restore fills in."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def _identity(meta: dict[str, Any]) -> dict[str, Any]:
+  """A meta's identity; checkpoints from before it existed recorded `model` and `method`."""
+  if "identity" in meta:
+    return meta["identity"]
+  legacy = {f"model.{k}": v for k, v in meta.get("model", {}).items()}
+  return legacy | ({"method": meta["method"]} if "method" in meta else {})
+
+
+def _plain(value: Any) -> str:
+  return value if isinstance(value, str) else json.dumps(value)
 
 
 def _short(e: Exception) -> str:

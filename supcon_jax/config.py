@@ -82,6 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.name = "lars"
   c.optim.base_lr = 0.3  # learning rate = base_lr * batch_size / 256
   c.optim.warmup_epochs = 10.0
+  c.optim.max_warmup_fraction = 0.2  # a shorter run (time budget, test) warms up for 20% of it
   c.optim.momentum = 0.9
   c.optim.weight_decay = 1e-6
   c.optim.nesterov = False
@@ -96,6 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.linear.optim.name = "sgd"
   c.linear.optim.base_lr = 0.1
   c.linear.optim.warmup_epochs = 0.0
+  c.linear.optim.max_warmup_fraction = 0.2
   c.linear.optim.momentum = 0.9
   c.linear.optim.weight_decay = 0.0
   c.linear.optim.nesterov = False
@@ -120,6 +122,31 @@ def base_config() -> ml_collections.ConfigDict:
   c.skip_nonfinite = False  # True: skip steps with a non-finite loss/gradient and count them
   c.embedding_plot = True  # results: PNG of the learned embedding (t-SNE or PCA)
   return c
+
+
+# What a workdir's training depends on: a resume that changes any of these is refused (its
+# checkpoints would continue another run). Everything else may change on resume: epochs,
+# time budget, logging, checkpoint and evaluation settings, the linear stage, loss.block_size
+# (memory only), data.in_memory and paths.
+IDENTITY = ("method", "batch_size", "model", "loss", "optim", "augment.n_views", "data.source",
+            "data.name", "data.num_classes", "data.image_size", "data.host_resize",
+            "data.val_per_class", "data.split_seed", "data.mean", "data.std")
+_NOT_IDENTITY = ("loss.block_size",)
+
+
+def identity(c: ml_collections.ConfigDict) -> dict[str, object]:
+  """The `IDENTITY` fields of a config as {dotted name: value} (blocks flattened)."""
+  out = {}
+  for name in IDENTITY:
+    value = c
+    for part in name.split("."):
+      value = value[part]
+    items = value.items() if isinstance(value, ml_collections.ConfigDict) else [(None, value)]
+    for key, v in items:
+      dotted = name if key is None else f"{name}.{key}"
+      if dotted not in _NOT_IDENTITY:
+        out[dotted] = v
+  return out
 
 
 def method_names(c: ml_collections.ConfigDict) -> list[str]:

@@ -130,12 +130,11 @@ def monitor(config: ml_collections.ConfigDict, method: methods.Method, model: An
 
 def linear_evaluation(config: ml_collections.ConfigDict, encoder: TrainedEncoder,
                       train_source: Any, eval_out: dict[str, np.ndarray], *,
-                      mesh: jax.sharding.Mesh, workdir: str,
-                      writer: metrics.Writer) -> dict[str, float]:
+                      mesh: jax.sharding.Mesh, workdir: str) -> dict[str, float]:
   """Trains a linear classifier on the frozen r; linear_top1 / linear_top5 on the eval split.
 
-  The classifier's checkpoints live under the encoder's step and record its checkpoint, so
-  a classifier is never resumed on another encoder.
+  Its checkpoints and metrics live in `<workdir>/linear/<encoder step>/`, and its checkpoints
+  record the encoder's, so a classifier is never resumed on another encoder.
   """
   lin = config.linear
   classifier = heads.LinearClassifier(num_classes=config.data.num_classes)
@@ -148,10 +147,11 @@ def linear_evaluation(config: ml_collections.ConfigDict, encoder: TrainedEncoder
   tx, schedule = optim.make_optimizer(lin.optim, batch_size=lin.batch_size,
                                       steps_per_epoch=steps_per_epoch, total_steps=total)
   state = train.create_state(params, {}, tx, mesh)
+  stage_dir = os.path.join(workdir, "linear", str(encoder.checkpoint.step))
   ckpt = checkpoint.Checkpointer(
-      os.path.join(workdir, "linear_checkpoints", str(encoder.checkpoint.step)),
-      every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints,
-      meta={"model": {"linear_on": feat_dim, "encoder": str(encoder.checkpoint)}})
+      os.path.join(stage_dir, "checkpoints"), every_steps=config.checkpoint_every_steps,
+      keep=config.keep_checkpoints,
+      meta={"identity": {"linear_on": feat_dim, "encoder": str(encoder.checkpoint)}})
   state = train.resume(state, ckpt)
 
   def ce(params, r, labels):
@@ -174,10 +174,11 @@ def linear_evaluation(config: ml_collections.ConfigDict, encoder: TrainedEncoder
     batches, frozen = train_source.train_batches, (encoder.variables,)
 
   loop = train.LoopSettings(name="linear", num_steps=total, steps_per_epoch=steps_per_epoch,
-                            images_per_step=lin.batch_size, ckpt=ckpt, writer=writer,
-                            log_every=config.log_every_steps,
+                            images_per_step=lin.batch_size, ckpt=ckpt,
+                            writer=metrics.Writer(stage_dir), log_every=config.log_every_steps,
                             skip_nonfinite=config.skip_nonfinite, schedule=schedule)
-  state = train.fit(loop, state, train.make_step(loss_fn, tx, mesh), batches, rng, *frozen)
+  with loop.writer:
+    state = train.fit(loop, state, train.make_step(loss_fn, tx, mesh), batches, rng, *frozen)
   ckpt.close()
   logits = classifier.apply({"params": jax.device_get(state.params)}, eval_out["repr"])
   return {f"linear_{k}": v for k, v in top_k(logits, eval_out["label"]).items()}

@@ -56,30 +56,29 @@ def run_method(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
   eval_source = _source(config, "eval", config.batch_size, mesh)
   model = method.build_model(config.model, config.data.num_classes)
   results: dict[str, Any] = {"method": method.name, "stage": config.stage}
-  with metrics.Writer(workdir) as writer:
-    if config.stage == "linear":
-      encoder = restore_encoder(config, config.pretrain_workdir or workdir, model, train_source,
-                                mesh)
+  if config.stage == "linear":
+    encoder = restore_encoder(config, config.pretrain_workdir or workdir, model, train_source,
+                              mesh)
+  else:
+    encoder, training = train_encoder(config, workdir, method, model, train_source,
+                                      eval_source, mesh, started)
+    results.update(training)
+  results["encoder_steps"] = encoder.checkpoint.step
+  if config.stage != "pretrain":
+    outputs = ("repr", "logits") if method.evaluation == methods.CLASSIFIER else ("repr",)
+    eval_out = evaluate.encode(encoder, eval_source.eval_batches(),
+                               evaluate.eval_transform(config), outputs=outputs)
+    if config.stage == "linear" or method.evaluation == methods.LINEAR:
+      results.update(evaluate.linear_evaluation(
+          config, encoder, _linear_source(config, train_source, mesh), eval_out, mesh=mesh,
+          workdir=workdir))
     else:
-      encoder, training = train_encoder(config, workdir, method, model, train_source,
-                                        eval_source, mesh, writer, started)
-      results.update(training)
-    results["encoder_steps"] = encoder.checkpoint.step
-    if config.stage != "pretrain":
-      outputs = ("repr", "logits") if method.evaluation == methods.CLASSIFIER else ("repr",)
-      eval_out = evaluate.encode(encoder, eval_source.eval_batches(),
-                                 evaluate.eval_transform(config), outputs=outputs)
-      if config.stage == "linear" or method.evaluation == methods.LINEAR:
-        results.update(evaluate.linear_evaluation(
-            config, encoder, _linear_source(config, train_source, mesh), eval_out, mesh=mesh,
-            workdir=workdir, writer=writer))
-      else:
-        results.update(evaluate.classifier_evaluation(eval_out))
-      results["knn_top1"] = evaluate.knn_accuracy(config, encoder, train_source, eval_out)
-      if config.embedding_plot and jax.process_index() == 0:
-        evaluate.plot_embedding(eval_out["repr"], eval_out["label"],
-                                os.path.join(workdir, "embedding.png"),
-                                title=f"{method.name}: r on the eval split", seed=config.seed)
+      results.update(evaluate.classifier_evaluation(eval_out))
+    results["knn_top1"] = evaluate.knn_accuracy(config, encoder, train_source, eval_out)
+    if config.embedding_plot and jax.process_index() == 0:
+      evaluate.plot_embedding(eval_out["repr"], eval_out["label"],
+                              os.path.join(workdir, "embedding.png"),
+                              title=f"{method.name}: r on the eval split", seed=config.seed)
   results["wall_time_s"] = time.time() - started
   if jax.process_index() == 0:
     report.write_json(os.path.join(workdir, "results.json"), results)
@@ -89,7 +88,7 @@ def run_method(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
 
 def train_encoder(config: ml_collections.ConfigDict, workdir: str, method: methods.Method,
                   model: Any, train_source: Source, eval_source: Source,
-                  mesh: jax.sharding.Mesh, writer: metrics.Writer, started: float
+                  mesh: jax.sharding.Mesh, started: float
                   ) -> tuple[TrainedEncoder, dict[str, Any]]:
   """Trains the model with the method's loss, resuming from `workdir` if it has checkpoints."""
   steps_per_epoch = train_source.steps_per_epoch
@@ -105,24 +104,26 @@ def train_encoder(config: ml_collections.ConfigDict, workdir: str, method: metho
   rng = jax.random.PRNGKey(config.seed)
   state = _fresh_state(config, model, train_source, tx, mesh)
   ckpt = _encoder_checkpointer(config, workdir)
-  state = train.resume(state, ckpt)
-  epochs = config.epochs
-  if config.time_budget_s:
-    epochs = budget.plan_epochs(
-        config, workdir, started=started, steps_per_epoch=steps_per_epoch,
-        probe=lambda: budget.measure_step_seconds(step, state, train_source.train_batches(), rng))
-    if epochs != config.epochs:
-      total, tx, schedule, step = build(epochs)
+  state = train.resume(state, ckpt)  # refuses a workdir of another run, changing nothing
+  if jax.process_index() == 0:  # what the workdir holds, for load_encoder and later stages
+    report.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  probe = lambda: budget.measure_step_seconds(step, state, train_source.train_batches(), rng)
+  epochs = _decide_epochs(config, workdir, ckpt, started, probe=probe,
+                          steps_per_epoch=steps_per_epoch)
+  if epochs != config.epochs:
+    total, tx, schedule, step = build(epochs)
+  _record_schedule(config, ckpt, epochs, steps_per_epoch, total)
   views = method.views(config)
   loop = train.LoopSettings(
       name=method.name, num_steps=total, steps_per_epoch=steps_per_epoch,
-      images_per_step=config.batch_size * views, ckpt=ckpt, writer=writer,
+      images_per_step=config.batch_size * views, ckpt=ckpt, writer=metrics.Writer(workdir),
       log_every=config.log_every_steps, skip_nonfinite=config.skip_nonfinite, schedule=schedule,
       every_epoch=evaluate.monitor(config, method, model, train_source, eval_source),
       started=started)
   t0 = time.time()
   first = int(state.step)
-  state = train.fit(loop, state, step, train_source.train_batches, rng)
+  with loop.writer:
+    state = train.fit(loop, state, step, train_source.train_batches, rng)
   ckpt.close()
   seconds = time.time() - t0
   encoder = TrainedEncoder(model.apply, _variables(state),
@@ -132,13 +133,43 @@ def train_encoder(config: ml_collections.ConfigDict, workdir: str, method: metho
                                      / max(seconds, 1e-9)}
 
 
+def _decide_epochs(config, workdir: str, ckpt: checkpoint.Checkpointer, started: float, *,
+                   probe, steps_per_epoch: int) -> float:
+  """The epochs to train: the config's, or what fits `time_budget_s`, decided once: a resumed
+  run keeps the schedule its checkpoint records rather than timing the step again."""
+  if not config.time_budget_s:
+    return config.epochs
+  stored = (ckpt.restored_meta or {}).get("schedule")
+  if stored is not None:
+    return float(stored["epochs"])
+  return budget.plan_epochs(config, workdir, started=started, steps_per_epoch=steps_per_epoch,
+                            probe=probe)
+
+
+def _record_schedule(config, ckpt: checkpoint.Checkpointer, epochs: float,
+                     steps_per_epoch: int, total: int) -> None:
+  """Logs the learning-rate schedule and stores it with every checkpoint from now on."""
+  plan = optim.schedule_plan(config.optim, batch_size=config.batch_size,
+                             steps_per_epoch=steps_per_epoch, total_steps=total)
+  stored = (ckpt.restored_meta or {}).get("schedule")
+  if stored is not None and stored["total_steps"] != total:
+    logging.warning("the schedule changes on this resume: %d steps before, %d now (epochs=%g)",
+                    stored["total_steps"], total, epochs)
+  logging.info("schedule: %d steps (%g epochs), warm-up %d steps%s, peak learning rate %g",
+               total, epochs, plan["warmup_steps"],
+               " (capped at optim.max_warmup_fraction of the run)" if plan["warmup_capped"]
+               else "", plan["peak_lr"])
+  ckpt.set_meta(schedule={"epochs": epochs, **plan})
+
+
 def restore_encoder(config: ml_collections.ConfigDict, workdir: str, model: Any,
                     train_source: Source, mesh: jax.sharding.Mesh) -> TrainedEncoder:
   """The model trained in `workdir`: its newest checkpoint, or `config.pretrain_step`."""
   tx, _ = optim.make_optimizer(config.optim, batch_size=config.batch_size,
                                steps_per_epoch=train_source.steps_per_epoch, total_steps=1)
   state = _fresh_state(config, model, train_source, tx, mesh)
-  ckpt = _encoder_checkpointer(config, workdir)
+  # Only what restoring depends on must match: the linear stage may train on other data.
+  ckpt = _encoder_checkpointer(config, workdir, compare=("model.", "method"))
   state = train.resume(state, ckpt, step=config.pretrain_step or None)
   ckpt.close()
   if int(state.step) == 0:
@@ -153,11 +184,11 @@ def _fresh_state(config, model, train_source, tx, mesh) -> train.TrainState:
   return train.create_state(params, batch_stats, tx, mesh)
 
 
-def _encoder_checkpointer(config, workdir: str) -> checkpoint.Checkpointer:
+def _encoder_checkpointer(config, workdir: str, compare=None) -> checkpoint.Checkpointer:
   return checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  every_steps=config.checkpoint_every_steps,
                                  keep=config.keep_checkpoints,
-                                 meta={"model": config.model.to_dict(), "method": config.method})
+                                 meta={"identity": config_lib.identity(config)}, compare=compare)
 
 
 def _variables(state: train.TrainState) -> dict[str, Any]:

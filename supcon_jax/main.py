@@ -6,6 +6,8 @@ an error. Only flag parsing lives here; the work is `experiment.train_and_evalua
 
 from __future__ import annotations
 
+import logging as std_logging
+import os
 import sys
 
 import jax
@@ -73,10 +75,24 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def _fail(message: str) -> None:
-  """One line on stderr, exit code 1: the message of a user error, not a traceback."""
-  print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
-  sys.exit(1)
+  """One line on stderr, exit code 1: the message of a user error, not a traceback.
+
+  It is the last line: after a failed save, orbax's background writers are still printing
+  their own tracebacks, so they are silenced first and the process ends at once.
+  """
+  sys.stdout.flush()
+  std_logging.disable(std_logging.CRITICAL)
+  stderr, sys.stderr = sys.stderr, open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
+  stderr.flush()
+  # One write (atomic on a pipe), on a line of its own whatever was printed before it.
+  os.write(stderr.fileno(), f"\nerror: {' '.join(str(message).split())}\n".encode())
+  os._exit(1)  # pylint: disable=protected-access
+
+
+def run() -> None:
+  """The `supcon-train` console script: `python -m supcon_jax.main` with its flags."""
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  run()

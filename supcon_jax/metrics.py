@@ -29,35 +29,72 @@ class TrainMetrics(metrics.Collection):
 
 
 class Writer:
-  """Scalars to metrics.jsonl, the log, and TensorBoard (if TensorFlow is available)."""
+  """One stage's scalars: `<directory>/metrics.jsonl`, the log, and TensorBoard events in
+  `<directory>/tensorboard` (when TensorFlow is installed). Process 0 writes; others skip.
 
-  def __init__(self, workdir: str, *, tensorboard: bool = True):
+  Nothing is opened before `resume_at` or the first `write`, so a run refused at start-up
+  leaves the directory as it was.
+  """
+
+  def __init__(self, directory: str, *, tensorboard: bool = True):
     self._lead = jax.process_index() == 0
+    self._dir = epath.Path(directory)  # local or gs://
+    self._want_tb = tensorboard
     self._jsonl = None
     self._tb = None
+
+  def resume_at(self, step: int) -> None:
+    """Makes the files hold exactly the rows of steps <= `step` (the restored checkpoint).
+
+    A run killed after its last checkpoint logged rows the resumed run logs again, and may
+    have left half a line: both go, and TensorBoard's events are rewritten from the rows
+    kept, so the two never disagree.
+    """
     if not self._lead:
       return
-    path = epath.Path(workdir)  # local or gs://
-    path.mkdir(parents=True, exist_ok=True)
-    self._jsonl = (path / "metrics.jsonl").open("a")
-    if tensorboard:
-      try:
-        # tfdata imports TensorFlow with the GPUs/TPUs hidden from it, before clu does.
-        from supcon_jax.data import tfdata  # pylint: disable=g-import-not-at-top,unused-import
-        from clu import metric_writers  # pylint: disable=g-import-not-at-top
-        self._tb = metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard"))
-      except ImportError:
-        logging.info("TensorFlow is not installed: no TensorBoard events, metrics.jsonl only")
+    self.close()
+    path = self._dir / "metrics.jsonl"
+    rows = [r for r in _read_rows(path) if r["step"] <= step] if path.exists() else []
+    self._dir.mkdir(parents=True, exist_ok=True)
+    tmp = self._dir / "metrics.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
+    self._open(rewrite_events=True)
+    for row in rows:
+      self._write_events(row)
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> None:
     """One row of scalars at `step` (process 0 only)."""
     if not self._lead:
       return
-    values = {k: float(np.asarray(v)) for k, v in scalars.items()}
-    self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
+    if self._jsonl is None:
+      self._open(rewrite_events=False)
+    row = {"step": int(step), **{k: float(np.asarray(v)) for k, v in scalars.items()}}
+    self._jsonl.write(json.dumps(row) + "\n")
     self._jsonl.flush()
+    self._write_events(row)
+
+  def _open(self, rewrite_events: bool) -> None:
+    self._dir.mkdir(parents=True, exist_ok=True)
+    self._jsonl = (self._dir / "metrics.jsonl").open("a")
+    if not self._want_tb:
+      return
+    try:
+      # tfdata imports TensorFlow with the GPUs/TPUs hidden from it, before clu does.
+      from supcon_jax.data import tfdata  # pylint: disable=g-import-not-at-top,unused-import
+      from clu import metric_writers  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      logging.info("TensorFlow is not installed: no TensorBoard events, metrics.jsonl only")
+      return
+    events = self._dir / "tensorboard"
+    if rewrite_events and events.exists():
+      for old in events.glob("events.out.tfevents.*"):
+        old.unlink()
+    self._tb = metric_writers.SummaryWriter(os.fspath(events))
+
+  def _write_events(self, row: dict[str, Any]) -> None:
     if self._tb is not None:
-      self._tb.write_scalars(int(step), values)
+      self._tb.write_scalars(row["step"], {k: v for k, v in row.items() if k != "step"})
 
   def __enter__(self) -> "Writer":
     return self
@@ -69,6 +106,19 @@ class Writer:
     """Flushes and closes every output."""
     if self._jsonl is not None:
       self._jsonl.close()
+      self._jsonl = None
     if self._tb is not None:
       self._tb.flush()
       self._tb.close()
+      self._tb = None
+
+
+def _read_rows(path: epath.Path) -> list[dict[str, Any]]:
+  """The complete rows of a metrics.jsonl; a half-written last line is dropped."""
+  rows = []
+  for line in path.read_text().splitlines():
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      logging.warning("dropped a partial line of %s (a killed run was writing it)", path)
+  return rows

@@ -40,27 +40,43 @@ def check_config(optim_config: Any, name: str = "optim") -> None:
   _check(0 <= c.momentum < 1, f"{name}.momentum must be in [0, 1), got {c.momentum}")
   _check(c.trust_coefficient > 0,
          f"{name}.trust_coefficient must be > 0, got {c.trust_coefficient}")
+  _check(0 <= c.max_warmup_fraction <= 1,
+         f"{name}.max_warmup_fraction must be in [0, 1], got {c.max_warmup_fraction}")
 
 
-def lr_schedule(optim_config: Any, *, batch_size: int, steps_per_epoch: int,
-                total_steps: int) -> optax.Schedule:
-  """base_lr * batch_size / 256, linear warm-up from 0, then cosine decay to 0 at total_steps.
+def schedule_plan(optim_config: Any, *, batch_size: int, steps_per_epoch: int,
+                  total_steps: int) -> dict[str, Any]:
+  """The learning-rate schedule of a run as numbers: total_steps, warmup_steps, peak_lr.
 
-  A warm-up longer than the run (short smoke runs of a long recipe) is cut to the run, so
-  the rate then only rises; a warm-up of 0 starts at the peak.
+  The warm-up is `warmup_epochs`, but at most `max_warmup_fraction` of the run: a run cut
+  short (by a time budget, or a short test of a long recipe) still reaches its peak early
+  and decays to zero at its end.
   """
   c = optim_config
   check_config(c)
   _check(batch_size > 0, f"batch_size must be > 0, got {batch_size}")
   _check(steps_per_epoch > 0, f"steps_per_epoch must be > 0, got {steps_per_epoch}")
   _check(total_steps > 0, f"total_steps must be > 0, got {total_steps}")
-  peak = c.base_lr * batch_size / _REFERENCE_BATCH
-  warmup_steps = min(int(round(c.warmup_epochs * steps_per_epoch)), total_steps)
+  asked = int(round(c.warmup_epochs * steps_per_epoch))
+  return {"total_steps": total_steps, "peak_lr": c.base_lr * batch_size / _REFERENCE_BATCH,
+          "warmup_steps": min(asked, int(c.max_warmup_fraction * total_steps)),
+          "warmup_capped": asked > int(c.max_warmup_fraction * total_steps)}
+
+
+def lr_schedule(optim_config: Any, *, batch_size: int, steps_per_epoch: int,
+                total_steps: int) -> optax.Schedule:
+  """base_lr * batch_size / 256, linear warm-up from 0, then cosine decay to 0 at total_steps.
+
+  The warm-up is capped as `schedule_plan` says; a warm-up of 0 starts at the peak.
+  """
+  plan = schedule_plan(optim_config, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
+                       total_steps=total_steps)
+  peak, warmup_steps = plan["peak_lr"], plan["warmup_steps"]
   cosine = lambda steps: optax.cosine_decay_schedule(peak, steps)
   if warmup_steps == 0:
     return cosine(total_steps)
   warmup = optax.linear_schedule(0.0, peak, warmup_steps)
-  if warmup_steps == total_steps:
+  if warmup_steps == total_steps:  # max_warmup_fraction = 1
     return warmup
   return optax.join_schedules([warmup, cosine(total_steps - warmup_steps)], [warmup_steps])
 

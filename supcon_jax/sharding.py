@@ -67,7 +67,9 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   sharding = replicated(mesh)
 
   def put(x):
-    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+    # Equal, not merely equivalent: on one device a SingleDeviceSharding is equivalent, but
+    # a jitted step that returns NamedSharding would then be traced and compiled twice.
+    if isinstance(x, jax.Array) and x.sharding == sharding:
       return x
     # device_put cannot reach other processes' devices; each process fills its own.
     x = np.asarray(x)

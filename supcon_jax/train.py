@@ -170,6 +170,7 @@ def fit(loop: LoopSettings, state: TrainState, step_fn: Callable, batches: Calla
         rng: jax.Array, *frozen) -> TrainState:
   """Runs `step_fn` from the state's step to `loop.num_steps`, then saves a final checkpoint."""
   start = int(state.step)
+  loop.writer.resume_at(start)  # rows a killed run logged past its last checkpoint go
   if start >= loop.num_steps:
     return state
   logging.info("[%s] steps %d..%d (%d per epoch)", loop.name, start, loop.num_steps,

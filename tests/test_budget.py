@@ -4,6 +4,7 @@ import json
 import time
 
 import ml_collections
+import numpy as np
 import pytest
 
 from supcon_jax import budget
@@ -71,7 +72,7 @@ def test_budget_path_end_to_end_with_a_fake_clock(tmp_path, monkeypatch):
   config.model.width = 0.0625
   config.augment.policy = "cropflip"
   config.time_budget_s, config.time_reserve_s = 140.0, 20.0
-  config.log_every_steps = 100
+  config.log_every_steps = 1
   config.checkpoint_every_steps = 1000
   results = experiment.train_and_evaluate(config, str(tmp_path))
   plan = json.loads((tmp_path / "budget.json").read_text())
@@ -82,3 +83,14 @@ def test_budget_path_end_to_end_with_a_fake_clock(tmp_path, monkeypatch):
   assert plan["seconds_left_for_pretraining"] == pytest.approx(48.0)
   assert plan["epochs"] == results["epochs"] == 4.0  # floor(48 / 10 s per epoch)
   assert results["encoder_steps"] == 20
+  # The schedule is the run's, not the configured 1,000 epochs': the 10-epoch warm-up is
+  # capped at 20% of the 20 steps, the rate peaks in the first half and ends near zero.
+  lrs = [row["lr"] for row in map(json.loads, (tmp_path / "metrics.jsonl").open())]
+  assert len(lrs) == 20 and int(np.argmax(lrs)) < 10 and lrs[-1] < 0.02 * max(lrs)
+  # Decided once: a resume keeps the schedule its checkpoint records, with no new timing.
+  (tmp_path / "budget.json").unlink()
+  probes = []
+  monkeypatch.setattr(budget, "measure_step_seconds", lambda *a, **k: probes.append(1))
+  config.epochs = 10.0  # more would fit now, but this run's schedule stays
+  assert experiment.train_and_evaluate(config, str(tmp_path))["epochs"] == 4.0
+  assert not probes and not (tmp_path / "budget.json").exists()

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import shutil
 import subprocess
+import threading
 import sys
 import textwrap
 
@@ -517,3 +520,65 @@ def test_eval_sample_is_spread_over_classes_not_the_first_rows():
   full = np.concatenate([np.asarray(b["image"])[np.asarray(b["mask"]) > 0, 0, 0, 0]
                          for b in source.eval_batches()])
   np.testing.assert_array_equal(full, np.arange(80))  # the whole split stays in order
+
+
+def _numbered_folder(root, classes=2, per_class=8):
+  for c in range(classes):
+    (root / f"c{c}").mkdir(parents=True)
+    for i in range(per_class):
+      Image.fromarray(np.full((8, 8, 3), 10 * i + c, np.uint8)).save(root / f"c{c}" / f"{i}.png")
+  return root
+
+
+@pytest.mark.parametrize("bad_images", ["skip", "fail"])
+def test_images_that_vanish_mid_run_are_skipped_and_counted_or_named(tmp_path, mesh, bad_images):
+  root = _numbered_folder(tmp_path / "train")
+  c = _config(source="folder", train_dir=str(root), num_classes=2, image_size=8,
+              bad_images=bad_images)
+  src = make_source(c, split="train", global_batch=8, mesh=mesh, seed=0)
+  stream = src.train_batches(0)
+  _take(stream, 2)  # the first epoch, read while every image was there
+  (root / "c0" / "3.png").unlink()
+  (root / "c1" / "5.png").write_bytes(b"no longer an image")
+  if bad_images == "fail":
+    with pytest.raises(ValueError, match=r"cannot read image .*(c0/3|c1/5)\.png"):
+      _take(stream, 4)
+    return
+  # Two more epochs, each refilled from a second pass of its images. (What the pipeline had
+  # read ahead before the files went is not skipped: hence at least one epoch's two.)
+  batches = _take(stream, 4)
+  assert all(b["image"].shape == (8, 8, 8, 3) for b in batches)
+  assert src.skipped >= 2
+  before = src.skipped
+  _take(stream, 2)  # an epoch read entirely after the files went
+  assert src.skipped == before + 2  # counted (and logged) as they are skipped
+
+
+def test_when_every_image_is_gone_the_run_stops_instead_of_spinning(tmp_path, mesh):
+  root = _numbered_folder(tmp_path / "train")
+  c = _config(source="folder", train_dir=str(root), num_classes=2, image_size=8,
+              bad_images="skip")
+  src = make_source(c, split="train", global_batch=8, mesh=mesh, seed=0)
+  stream = src.train_batches(0)
+  _take(stream, 2)
+  shutil.rmtree(root)  # e.g. the data disk went away
+  outcome = []
+  # In a thread, so that a regression (the reader spinning over empty epochs) fails the test
+  # instead of hanging it.
+  # (Batches read ahead before the files went may still come: ten is more than it holds.)
+  reader = threading.Thread(target=lambda: outcome.append(_raised(_take, stream, 10)),
+                            daemon=True)
+  reader.start()
+  reader.join(timeout=120)
+  assert outcome, "the training stream hangs once every image is gone"
+  assert isinstance(outcome[0], ValueError), outcome
+  assert re.search(r"epoch \d of the training data yielded 0 of its 2 batches.*have the "
+                   "files gone", str(outcome[0])), outcome
+
+
+def _raised(fn, *args):
+  try:
+    fn(*args)
+  except Exception as e:  # pylint: disable=broad-except
+    return e
+  return None

@@ -72,7 +72,7 @@ def _colour_config():
 
 @pytest.mark.parametrize("linear_augment", ["none", "cropflip"])
 def test_linear_evaluation_learns_and_leaves_the_encoder_bitwise_alone(tmp_path, linear_augment):
-  from supcon_jax import checkpoint, methods, metrics, sharding, train
+  from supcon_jax import checkpoint, methods, sharding, train
   c = _colour_config()
   c.linear.augment = linear_augment
   mesh = sharding.make_mesh(8)
@@ -87,9 +87,8 @@ def test_linear_evaluation_learns_and_leaves_the_encoder_bitwise_alone(tmp_path,
   held = data.ArraySource.from_arrays(*_colour_classes(8, seed=1), num_classes=4,
                                       global_batch=32, mesh=mesh)
   eval_out = evaluate.encode(encoder, held.eval_batches(), evaluate.eval_transform(c))
-  with metrics.Writer(str(tmp_path)) as writer:
-    result = evaluate.linear_evaluation(c, encoder, train_source, eval_out, mesh=mesh,
-                                        workdir=str(tmp_path), writer=writer)
+  result = evaluate.linear_evaluation(c, encoder, train_source, eval_out, mesh=mesh,
+                                      workdir=str(tmp_path))
   assert result["linear_top1"] >= 90.0, result  # chance: 25%
   after = jax.device_get(encoder.variables)
   for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):

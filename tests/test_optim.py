@@ -110,12 +110,22 @@ def test_schedule_fractional_warmup_rounds_to_steps():
   np.testing.assert_allclose(float(sched(5)), 0.1, rtol=1e-6)
 
 
-def test_schedule_warmup_longer_than_run_is_cut_to_the_run():
-  sched = optim.lr_schedule(_config(base_lr=0.1, warmup_epochs=10.0), batch_size=256,
-                            steps_per_epoch=10, total_steps=30)
-  values = [float(sched(t)) for t in range(31)]
-  np.testing.assert_allclose(values, [0.1 * min(t, 30) / 30 for t in range(31)],
-                             rtol=1e-6, atol=1e-8)
+@pytest.mark.parametrize("fraction", [0.1, 0.2])
+def test_warmup_longer_than_its_share_of_the_run_is_capped(fraction):
+  # 10 warm-up epochs asked, a run of 3 (e.g. what a time budget left): the rate must still
+  # peak in the first half and decay to zero at the end.
+  c = _config(base_lr=0.1, warmup_epochs=10.0, max_warmup_fraction=fraction)
+  sched = optim.lr_schedule(c, batch_size=256, steps_per_epoch=10, total_steps=30)
+  warmup = int(fraction * 30)
+  values = np.array([float(sched(t)) for t in range(31)])
+  expected = [0.1 * t / warmup if t < warmup else _cosine_lr(0.1, t - warmup, 30 - warmup)
+              for t in range(31)]
+  np.testing.assert_allclose(values, expected, rtol=1e-6, atol=1e-8)
+  assert values.argmax() == warmup < 15 and values[-1] < 1e-6
+  plan = optim.schedule_plan(c, batch_size=256, steps_per_epoch=10, total_steps=30)
+  assert plan["warmup_steps"] == warmup and plan["warmup_capped"]
+  assert not optim.schedule_plan(c, batch_size=256, steps_per_epoch=10,
+                                 total_steps=1000)["warmup_capped"]
 
 
 def _lars_reference(params, grads_per_step, lrs, *, wd, tc, momentum):

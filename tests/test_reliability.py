@@ -2,14 +2,16 @@
 two processes equal to one, and a one-line error for every bad input.
 
 The runs are real `python -m supcon_jax.main` processes on a tiny config (digits at 8x8,
-ResNet-18 at width 1/8, 10 steps crossing two epoch boundaries). They share one
-persistent compilation cache, so only the first run of each program pays for compiling.
+ResNet-18 at width 1/8, 10 steps crossing two epoch boundaries) on two simulated devices
+(one each for two processes). They share the tests' persistent compilation cache
+(conftest), so only the first run of each program pays for compiling.
 """
 
 import hashlib
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -55,7 +57,7 @@ def get_config():
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
-  """The config file and the compilation cache every run of this module uses."""
+  """The config file every run of this module uses."""
   d = tmp_path_factory.mktemp("shared")
   (d / "tiny.py").write_text(CONFIG)
   return d
@@ -67,19 +69,25 @@ def _xla_flags(devices):
   return " ".join(kept + [f"--xla_force_host_platform_device_count={devices}"])
 
 
-def _env(shared, devices=8):
+def _env(shared, devices=2):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
          "XLA_FLAGS": _xla_flags(devices),
-         "JAX_COMPILATION_CACHE_DIR": str(shared / "cache"), "PYTHONPATH": str(ROOT)}
+         "PYTHONPATH": str(ROOT)}
   env.pop("JAX_COORDINATOR_ADDRESS", None)
   return env
 
 
-def _start(shared, workdir, *overrides, devices=8, extra=()):
+def _start(shared, workdir, *overrides, devices=2, extra=(), max_file_bytes=None):
   args = [sys.executable, "-m", "supcon_jax.main", f"--config={shared / 'tiny.py'}",
           f"--workdir={workdir}", *overrides, *extra]
+
+  def limit_files():  # as a full disk: writing past the limit fails with EFBIG
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # (its default is to kill the process)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
   return subprocess.Popen(args, cwd=ROOT, env=_env(shared, devices), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+                          stderr=subprocess.PIPE, text=True,
+                          preexec_fn=limit_files if max_file_bytes else None)
 
 
 def _finish(proc, timeout=300):
@@ -111,6 +119,20 @@ def _load(workdir, step):
 def _losses(workdir):
   with open(Path(workdir) / "metrics.jsonl") as f:
     return {r["step"]: r for r in map(json.loads, f)}
+
+
+def _tensorboard_losses(logdir):
+  """{step: loss} of every event file in `logdir`; AssertionError on a step seen twice."""
+  from tensorboard.backend.event_processing import event_file_loader  # pylint: disable=g-import-not-at-top
+  from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
+  losses = {}
+  for path in sorted(Path(logdir).glob("events.out.tfevents.*")):
+    for event in event_file_loader.EventFileLoader(str(path)).Load():
+      for value in event.summary.value:
+        if value.tag == "loss":
+          assert event.step not in losses, f"step {event.step} twice in {logdir}"
+          losses[event.step] = float(tensor_util.make_ndarray(value.tensor))
+  return losses
 
 
 def _tree_hash(path):
@@ -188,6 +210,8 @@ def test_sigterm_sigkill_and_a_damaged_checkpoint_still_resume_exactly(shared, r
   partial = Path(workdir) / "checkpoints" / f"{steps[-1] + 1}.orbax-checkpoint-tmp"
   partial.mkdir(exist_ok=True)
   (partial / "junk").write_text("half a save")
+  with open(Path(workdir) / "metrics.jsonl", "a") as f:
+    f.write('{"step": 9, "loss": 5.2')  # half a line, as a killed writer leaves it
 
   rc, log = _run(shared, workdir)
   assert rc == 0, log
@@ -204,12 +228,17 @@ def test_sigterm_sigkill_and_a_damaged_checkpoint_still_resume_exactly(shared, r
   first_params = jax.tree.leaves(_load(reference, 1)["params"])
   assert any(not np.array_equal(a, b) for a, b in zip(first_params,
                                                       jax.tree.leaves(ref["params"])))
-  # Every step logged by the three runs (some twice) has the reference's loss, exactly.
+  # metrics.jsonl and TensorBoard hold every step once, with the reference's loss exactly:
+  # rows logged past a checkpoint by a killed run, and its half line, are gone.
   ref_rows = _losses(reference)
   with open(Path(workdir) / "metrics.jsonl") as f:
     rows = [json.loads(line) for line in f]
-  assert len(rows) > STEPS
+  assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
   assert [r["loss"] for r in rows] == [ref_rows[r["step"]]["loss"] for r in rows]
+  events = _tensorboard_losses(Path(workdir) / "tensorboard")
+  assert sorted(events) == list(range(1, STEPS + 1)), events
+  np.testing.assert_allclose([events[s] for s in sorted(events)], [r["loss"] for r in rows],
+                             rtol=1e-6)
 
 
 def test_no_readable_checkpoint_is_an_error_naming_the_directory(tmp_path):
@@ -255,31 +284,6 @@ def _free_port():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
-
-
-def test_two_processes_match_one_and_share_checkpoints(shared, reference, tmp_path):
-  # Resume the one-process run's step 5 with two processes of 4 devices each.
-  half = STEPS // 2
-  shutil.copytree(Path(reference) / "checkpoints" / str(half),
-                  tmp_path / "checkpoints" / str(half))
-  port = _free_port()
-  procs = [_start(shared, tmp_path, devices=4,
-                  extra=("--distributed", f"--coordinator_address=127.0.0.1:{port}",
-                         "--num_processes=2", f"--process_id={i}")) for i in range(2)]
-  results = [_finish(p) for p in procs]
-  for rc, log in results:
-    assert rc == 0, log
-  assert "2 processes" in results[0][1]
-  assert f"restored checkpoint {half} " in results[0][1]
-  rows, ref_rows = _losses(tmp_path), _losses(reference)
-  assert sorted(rows) == list(range(half + 1, STEPS + 1))
-  np.testing.assert_allclose([rows[s]["loss"] for s in rows],
-                             [ref_rows[s]["loss"] for s in rows], rtol=1e-5)
-  # The two-process checkpoint, read back by this one process.
-  mine, ref = _load(tmp_path, STEPS), _load(reference, STEPS)
-  assert int(mine["step"]) == STEPS
-  for a, b in zip(jax.tree.leaves(mine["params"]), jax.tree.leaves(ref["params"])):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def _image(path, value, size=8):
@@ -382,7 +386,8 @@ def test_cli_user_errors_are_one_line_and_leave_checkpoints_untouched(shared, re
                                                                      tmp_path):
   work = tmp_path / "work"
   shutil.copytree(Path(reference) / "checkpoints" / "3", work / "checkpoints" / "3")
-  before = _tree_hash(work / "checkpoints")
+  shutil.copy(Path(reference) / "metrics.jsonl", work / "metrics.jsonl")
+  before = _tree_hash(work)
   folder = _folder(tmp_path / "images")
   broken = folder / "b" / "2.png"
   broken.write_bytes(broken.read_bytes()[:20])
@@ -391,9 +396,13 @@ def test_cli_user_errors_are_one_line_and_leave_checkpoints_untouched(shared, re
   cases = [  # (extra arguments, workdir, names expected in the error line)
       (("--config.batch_sise=64", "--dry_run"), work, ("batch_sise", "batch_size")),
       (("--config.loss.temperature=-1", "--dry_run"), work, ("config.loss.temperature",)),
-      (("--config.model.width=0.25",), work, (work / "checkpoints", "different model",
-                                              "width")),
-      (("--config.batch_size=60",), work, ("batch_size=60",)),
+      (("--config.model.width=0.25",), work, (
+          f"workdir {work} was trained with model.width=0.125; this run asks for "
+          "model.width=0.25 (use a new workdir)",)),
+      (("--config.method=simclr", "--config.loss.temperature=0.5"), work, (
+          f"workdir {work} was trained with loss.temperature=0.1, method=supcon; this run asks "
+          "for loss.temperature=0.5, method=simclr (use a new workdir)",)),
+      (("--config.batch_size=63",), work, ("batch_size=63", "2 devices")),
       ((), blocker / "run", (blocker / "run",)),
       (("--config.data.source=folder", f"--config.data.train_dir={folder}",
         "--config.data.val_per_class=1", "--config.data.num_classes=2",
@@ -403,4 +412,88 @@ def test_cli_user_errors_are_one_line_and_leave_checkpoints_untouched(shared, re
   for proc, (args, _, names) in zip(procs, cases):
     rc, log = _finish(proc)
     _assert_user_error(rc, log, *names)
-  assert _tree_hash(work / "checkpoints") == before
+  assert _tree_hash(work) == before  # nothing written, nothing removed
+
+
+def _two_processes(shared, workdir, *overrides):
+  port = _free_port()
+  return [_start(shared, workdir, *overrides, devices=1,
+                 extra=("--distributed", f"--coordinator_address=127.0.0.1:{port}",
+                        "--num_processes=2", f"--process_id={i}")) for i in range(2)]
+
+
+def test_two_processes_match_one_share_checkpoints_and_stop_together(shared, reference,
+                                                                     tmp_path):
+  # Resume the one-process run's step 3 (on two devices) with two processes of one each.
+  start = 3
+  shutil.copytree(Path(reference) / "checkpoints" / str(start),
+                  tmp_path / "checkpoints" / str(start))
+  procs = _two_processes(shared, tmp_path)
+  _wait_for_step(procs[0], tmp_path, start + 2, [])
+  procs[1].send_signal(signal.SIGTERM)  # only the second process is told
+  results = [_finish(p) for p in procs]
+  for rc, log in results:
+    assert rc == 0, log
+  assert "2 processes" in results[0][1] and f"restored checkpoint {start} " in results[0][1]
+  stopped = {int(re.search(r"preempted at step (\d+)", log).group(1)) for _, log in results}
+  assert len(stopped) == 1, stopped  # both stopped after the same step ...
+  stopped = stopped.pop()
+  assert start + 2 <= stopped < STEPS and _steps(tmp_path)[-1] == stopped
+  assert int(_load(tmp_path, stopped)["step"]) == stopped  # ... with one complete checkpoint
+  results = [_finish(p) for p in _two_processes(shared, tmp_path)]
+  for rc, log in results:
+    assert rc == 0 and f"restored checkpoint {stopped} " in log, log
+  rows, ref_rows = _losses(tmp_path), _losses(reference)
+  assert sorted(rows) == list(range(start + 1, STEPS + 1))
+  np.testing.assert_allclose([rows[s]["loss"] for s in rows],
+                             [ref_rows[s]["loss"] for s in rows], rtol=1e-5)
+  # The two-process checkpoint, read back by this one process. Two processes sum gradients
+  # and statistics in another order than one: after 7 steps the parameters agree to ~1e-3.
+  mine, ref = _load(tmp_path, STEPS), _load(reference, STEPS)
+  assert int(mine["step"]) == STEPS
+  for a, b in zip(jax.tree.leaves(mine["params"]), jax.tree.leaves(ref["params"])):
+    np.testing.assert_allclose(a, b, rtol=5e-3, atol=1e-4)
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_the_last_checkpoint_restores(shared, reference,
+                                                                              tmp_path):
+  start = STEPS // 2
+  shutil.copytree(Path(reference) / "checkpoints" / str(start),
+                  tmp_path / "checkpoints" / str(start))
+  # Files may grow to 64 KiB: the logs and metrics fit, a checkpoint's parameters do not.
+  rc, log = _finish(_start(shared, tmp_path, max_file_bytes=64 * 1024))
+  # orbax's writers log their own tracebacks as they fail; the run ends with one line.
+  assert rc == 1, log
+  last = log.strip().splitlines()[-1]
+  assert [l for l in log.splitlines() if l.startswith("error: ")] == [last], log
+  for name in (f"could not save checkpoint {start + 1} in {tmp_path / 'checkpoints'}",
+               "File too large (errno 27)", f"the newest complete checkpoint is {start}"):
+    assert name in last, last
+  assert _steps(tmp_path) == [start]
+  rc, log = _run(shared, tmp_path)  # space again: the same command resumes
+  assert rc == 0 and f"restored checkpoint {start} " in log, log
+  mine, ref = _load(tmp_path, STEPS), _load(reference, STEPS)
+  for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(ref)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoints_from_before_the_identity_still_resume(tmp_path):
+  config = config_lib.base_config()
+  mesh = sharding.make_mesh()
+  state = sharding.replicate({"w": np.arange(4.0, dtype=np.float32)}, mesh)
+  old = checkpoint.Checkpointer(str(tmp_path), every_steps=1, keep=3, meta={
+      "model": config.model.to_dict(), "method": "supcon"})  # what older runs recorded
+  old.save(1, state)
+  old.wait()
+  old.close()
+  new = checkpoint.Checkpointer(str(tmp_path), every_steps=1, keep=3,
+                                meta={"identity": config_lib.identity(config)})
+  assert new.restore_latest(checkpoint.abstract(state))[0] == 1
+  new.close()
+  config.model.depth = 50
+  other = checkpoint.Checkpointer(str(tmp_path), every_steps=1, keep=3,
+                                  meta={"identity": config_lib.identity(config)})
+  with pytest.raises(checkpoint.CheckpointError, match="model.depth=18; this run asks for "
+                                                       "model.depth=50"):
+    other.restore_latest(checkpoint.abstract(state))
+  other.close()

@@ -213,7 +213,12 @@ class TfDataSource(Source):
                   num_parallel_calls=tf.data.AUTOTUNE)
       if self._skip_bad:
         ds = ds.ignore_errors()
-      return ds.batch(hb, drop_remainder=True).take(steps_per_epoch - first)
+      ds = ds.batch(hb, drop_remainder=True).take(steps_per_epoch - first)
+      # A marker batch (index -1) ends every epoch, so the reader regains control even when
+      # an epoch yields no batch at all (every image gone): a clear stop, never a spin.
+      end = {k: tf.fill(v.shape, tf.constant(-1 if k == "index" else 0, v.dtype))
+             for k, v in ds.element_spec.items()}
+      return ds.concatenate(tf.data.Dataset.from_tensors(end))
 
     return self._finish(tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch))
 
@@ -239,12 +244,22 @@ class TfDataSource(Source):
     spe, hb = self._check_steps(), self._host_batch
     batches = self._train_dataset(start_step, spe).as_numpy_iterator()
     step, expected = start_step, (start_step % spe) * hb
+    in_epoch, wanted = 0, spe - start_step % spe  # batches of this epoch: read, to read
     while True:
       epoch, k = divmod(step, spe)
       try:
         batch = next(batches)
       except tf.errors.OpError as err:
         self._name_culprit(err, self._epoch_order(self._epoch_seed(epoch)), k * hb, hb)
+      if batch["index"][0] < 0:  # the end of an epoch
+        if in_epoch < wanted:  # even a second pass of its images could not fill it
+          raise ValueError(
+              f"epoch {epoch} of the training data yielded {in_epoch} of its {wanted} batches: "
+              "more than half of its images could not be read (data.bad_images='skip'); have "
+              "the files gone?")
+        in_epoch, wanted = 0, spe
+        continue
+      in_epoch += 1
       if k == 0:
         expected = 0
       # Positions in the epoch's order run on without gaps unless images were skipped.
