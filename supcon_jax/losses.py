@@ -4,6 +4,9 @@
   L_out (eq. 2): -1/|P(i)| sum_{p in P(i)} log(exp(z_i.z_p/t) / sum_{a in A(i)} exp(z_i.z_a/t))
   L_in  (eq. 3): -log(1/|P(i)| sum_{p in P(i)} exp(z_i.z_p/t) / sum_{a in A(i)} exp(z_i.z_a/t))
 With labels=None the positives are only the other views of the same image (SimCLR's NT-Xent).
+Optional extra contrast rows E (e.g. a MoCo-style queue of momentum-encoder keys) are never
+anchors but join every anchor's contrast set, A(i) = {other batch views} u E, and those with
+the anchor's label join P(i) (with labels=None they are negatives only, as in MoCo v2).
 """
 
 from __future__ import annotations
@@ -50,12 +53,28 @@ def _anchor_losses(anchors, anchor_pos, anchor_labels, anchor_valid, contrast, c
 
 
 def _check_supcon_args(features, labels, temperature, base_temperature, variant, contrast_mode,
-                       block_size):
+                       block_size, extra, extra_labels):
   if features.ndim != 3:
     raise ValueError(f"features must be [batch, n_views, dim], got shape {features.shape}")
   if labels is not None and labels.shape != features.shape[:1]:
     raise ValueError(f"labels shape {labels.shape} does not match features batch "
                      f"{features.shape[:1]}")
+  if extra is not None and (extra.ndim != 2 or extra.shape[1] != features.shape[2]):
+    raise ValueError(f"extra must be [K, dim] with dim={features.shape[2]} as in features, got "
+                     f"shape {extra.shape}")
+  if extra_labels is not None:
+    if extra is None:
+      raise ValueError("extra_labels given without extra")
+    if labels is None:
+      # Silently ignoring them would hide a caller that forgot to pass the batch labels.
+      raise ValueError("extra_labels given with labels=None: without labels the extra rows "
+                       "are negatives only")
+    if extra_labels.shape != extra.shape[:1]:
+      raise ValueError(f"extra_labels shape {extra_labels.shape} does not match extra rows "
+                       f"{extra.shape[:1]}")
+  elif extra is not None and labels is not None:
+    # Treating unlabelled extra rows as negatives would quietly drop their positives.
+    raise ValueError("extra_labels is required when extra and labels are both given")
   for name, t in (("temperature", temperature), ("base_temperature", base_temperature)):
     if isinstance(t, numbers.Real) and t <= 0:
       raise ValueError(f"{name} must be > 0, got {t}")
@@ -68,7 +87,8 @@ def _check_supcon_args(features, labels, temperature, base_temperature, variant,
 def supcon_loss(features: jax.Array, labels: jax.Array | None = None, *,
                 temperature: float = 0.1, base_temperature: float | None = None,
                 variant: str = "out", contrast_mode: str = "all", axis_name: str | None = None,
-                block_size: int | None = None) -> jax.Array:
+                block_size: int | None = None, extra: jax.Array | None = None,
+                extra_labels: jax.Array | None = None) -> jax.Array:
   """Supervised contrastive loss, a float32 scalar.
 
   Args:
@@ -82,11 +102,20 @@ def supcon_loss(features: jax.Array, labels: jax.Array | None = None, *,
       contrasted against the gathered global batch and the global mean is returned, replicated.
     block_size: anchors per block; blocks are rematerialised so the full [anchors, contrast]
       logits are never kept for the backward pass.
+    extra: [K, dim] extra contrast rows, L2-normalised (e.g. a MoCo queue of momentum-encoder
+      keys), cast to features' dtype. They are never anchors; every anchor is contrasted against
+      them as well as the other batch views. The loss applies `lax.stop_gradient` to them, so
+      the gradient with respect to extra is zero and no caller trains through a queue. With
+      `axis_name` they are replicated (the same [K, dim] on every device) and not gathered.
+      None (or K=0) gives exactly the loss without them.
+    extra_labels: int [K], the labels of `extra`; rows whose label equals an anchor's are its
+      positives. Required when both labels and extra are given, and must be None when labels
+      is None: with SimCLR the extra rows are negatives only (MoCo v2).
 
   Anchors without positives are left out of the mean; with none at all the loss is 0.
   """
   _check_supcon_args(features, labels, temperature, base_temperature, variant, contrast_mode,
-                     block_size)
+                     block_size, extra, extra_labels)
   batch, n_views, dim = features.shape
   offset = 0
   if labels is None:
@@ -101,6 +130,13 @@ def supcon_loss(features: jax.Array, labels: jax.Array | None = None, *,
   # Rows are sample-major: view v of sample b sits at row b * n_views + v.
   contrast = contrast.reshape(-1, dim)
   contrast_labels = jnp.repeat(contrast_labels, n_views)
+  if extra is not None:
+    if extra_labels is None:  # SimCLR: sample ids are >= 0, so -1 never makes a positive
+      extra_labels = jnp.full(extra.shape[:1], -1, contrast_labels.dtype)
+    # Appended after the batch rows, so no anchor_pos points at them: they are never "self".
+    contrast = jnp.concatenate([contrast, lax.stop_gradient(extra).astype(contrast.dtype)])
+    contrast_labels = jnp.concatenate([contrast_labels,
+                                       jnp.asarray(extra_labels).astype(contrast_labels.dtype)])
   anchor_pos = (offset + jnp.arange(batch))[:, None] * n_views + jnp.arange(n_views)[None, :]
   if contrast_mode == "one":
     features, anchor_pos = features[:, :1], anchor_pos[:, :1]
@@ -128,11 +164,23 @@ def supcon_loss(features: jax.Array, labels: jax.Array | None = None, *,
 
 
 def sharded_supcon_loss(features: jax.Array, labels: jax.Array | None, mesh: Mesh, *,
-                        axis_name: str = "data", **kwargs: Any) -> jax.Array:
-  """`supcon_loss` on batch-sharded global arrays, each device contrasting its own anchors."""
-  args = (features,) if labels is None else (features, labels)  # shard_map takes no None
-  return jax.shard_map(lambda f, l=None: supcon_loss(f, l, axis_name=axis_name, **kwargs),
-                       mesh=mesh, in_specs=(P(axis_name),) * len(args), out_specs=P())(*args)
+                        axis_name: str = "data", extra: jax.Array | None = None,
+                        extra_labels: jax.Array | None = None, **kwargs: Any) -> jax.Array:
+  """`supcon_loss` on batch-sharded global arrays, each device contrasting its own anchors.
+
+  `extra` and `extra_labels` are replicated (in_spec P()): every device sees all K rows.
+  """
+  specs = {"labels": P(axis_name), "extra": P(), "extra_labels": P()}
+  # shard_map takes no None, so only the given arrays travel, by name.
+  given = {name: x for name, x in
+           (("labels", labels), ("extra", extra), ("extra_labels", extra_labels)) if x is not None}
+
+  def local(f, named):
+    return supcon_loss(f, named.get("labels"), axis_name=axis_name, extra=named.get("extra"),
+                       extra_labels=named.get("extra_labels"), **kwargs)
+
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(axis_name), {k: specs[k] for k in given}),
+                       out_specs=P())(features, given)
 
 
 def cross_entropy_loss(logits: jax.Array, labels: jax.Array, *, label_smoothing: float = 0.0,

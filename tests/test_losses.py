@@ -20,21 +20,29 @@ supcon_vg = jax.jit(jax.value_and_grad(losses.supcon_loss), static_argnames=STAT
 
 
 def ref_supcon(feats, labels, *, temperature, base_temperature=None, variant="out",
-               contrast_mode="all"):
-  """Eqs. 2 and 3 of Khosla et al., one anchor at a time, in float64."""
+               contrast_mode="all", extra=None, extra_labels=None):
+  """Eqs. 2 and 3 of Khosla et al., one anchor at a time, in float64.
+
+  `extra` rows [K, D] join every anchor's A(i); those with the anchor's label (never, with
+  labels=None) join P(i). They are not anchors.
+  """
   feats = np.asarray(feats, np.float64)
   batch, n_views, _ = feats.shape
   ids = np.arange(batch) if labels is None else np.asarray(labels)
   views = [(b, v) for b in range(batch) for v in range(n_views)]
   anchors = [(b, v) for (b, v) in views if contrast_mode == "all" or v == 0]
+  extra = [] if extra is None else list(np.asarray(extra, np.float64))
   per_anchor = []
   for i in anchors:
-    others = [a for a in views if a != i]
-    positives = [p for p in others if ids[p[0]] == ids[i[0]]]
+    # Contrast rows as (vector, is_positive) pairs: the other batch views, then the extra rows.
+    others = [(feats[a], ids[a[0]] == ids[i[0]]) for a in views if a != i]
+    others += [(e, labels is not None and extra_labels[k] == ids[i[0]])
+               for k, e in enumerate(extra)]
+    positives = [z for z, is_pos in others if is_pos]
     if not positives:
       continue
-    sim = lambda a: np.exp(feats[i] @ feats[a] / temperature)
-    denom = sum(sim(a) for a in others)
+    sim = lambda z: np.exp(feats[i] @ z / temperature)
+    denom = sum(sim(z) for z, _ in others)
     if variant == "out":
       per_anchor.append(-np.mean([np.log(sim(p) / denom) for p in positives]))
     else:
@@ -207,6 +215,190 @@ def test_sharded_wrapper_and_plain_jit_on_sharded_inputs(mesh, use_labels):
   plain = jax.jit(lambda f, l: losses.supcon_loss(f, l, temperature=0.1, variant="in"))
   np.testing.assert_allclose(wrapped(feats, labels), want, rtol=2e-5)
   np.testing.assert_allclose(plain(feats, labels), want, rtol=2e-5)
+
+
+def random_extra(seed, k, dim, dtype=np.float32):
+  return random_features(seed + 2000, k, 1, dim, dtype)[:, 0]
+
+
+# Batch labels for 6 samples and extra labels for 5 rows. "mixed": classes 0 and 3 only in the
+# batch, 4 and 5 only in the extra set, 1 and 2 in both (with one view, samples 2 and 3 have
+# positives only among the extra rows). "disjoint": extra rows are negatives only. None: SimCLR.
+EXTRA_LABELS = {
+    "mixed": ([0, 0, 1, 2, 3, 3], [1, 4, 4, 2, 5]),
+    "one_class": ([0] * 6, [0] * 5),
+    "disjoint": ([0, 0, 1, 2, 3, 3], [7, 8, 9, 7, 8]),
+    "simclr": (None, None),
+}
+
+
+def extra_case(scheme, n_views, dim=4):
+  labels, extra_labels = EXTRA_LABELS[scheme]
+  to_np = lambda x: None if x is None else np.asarray(x, np.int32)
+  return (random_features(10 + n_views, 6, n_views, dim), to_np(labels),
+          random_extra(n_views, 5, dim), to_np(extra_labels))
+
+
+def as_jnp(*xs):
+  return [None if x is None else jnp.asarray(x) for x in xs]
+
+
+@pytest.mark.parametrize("variant,contrast_mode,n_views,scheme,temperature,base_temperature", [
+    ("out", "all", 2, "mixed", 0.1, None),
+    ("in", "all", 2, "mixed", 0.1, None),
+    ("out", "one", 3, "mixed", 0.5, 0.07),
+    ("in", "one", 3, "mixed", 0.2, None),
+    ("out", "all", 1, "mixed", 0.1, None),
+    ("in", "all", 1, "mixed", 0.5, None),
+    ("out", "one", 1, "mixed", 0.2, None),
+    ("in", "all", 2, "one_class", 0.1, None),
+    ("out", "one", 3, "one_class", 0.5, None),
+    ("out", "all", 2, "disjoint", 0.1, 0.07),
+    ("in", "one", 1, "disjoint", 0.2, None),
+    ("out", "all", 2, "simclr", 0.1, None),
+    ("in", "one", 3, "simclr", 0.5, None),
+    ("out", "all", 1, "simclr", 0.1, None),  # no positive anywhere: 0
+])
+def test_extra_matches_reference(variant, contrast_mode, n_views, scheme, temperature,
+                                 base_temperature):
+  feats, labels, extra, extra_labels = extra_case(scheme, n_views)
+  kwargs = dict(temperature=temperature, base_temperature=base_temperature, variant=variant,
+                contrast_mode=contrast_mode)
+  f, l, e, el = as_jnp(feats, labels, extra, extra_labels)
+  got = supcon(f, l, extra=e, extra_labels=el, **kwargs)
+  assert got.dtype == jnp.float32 and got.shape == ()
+  want = ref_supcon(feats, labels, extra=extra, extra_labels=extra_labels, **kwargs)
+  np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
+  if scheme == "simclr" and n_views == 1:
+    assert float(got) == 0.0
+
+
+@pytest.mark.parametrize("use_labels,variant,contrast_mode", [(True, "out", "all"),
+                                                             (False, "in", "one")])
+def test_empty_extra_is_todays_loss(use_labels, variant, contrast_mode):
+  # bfloat16 features with a float32 queue: an empty queue must not promote the matmul either.
+  feats = jnp.asarray(random_features(11, 6, 2, 4)).astype(jnp.bfloat16)
+  labels = jnp.asarray(random_labels(11, 6, 3)) if use_labels else None
+  empty = jnp.zeros((0, 4), jnp.float32)
+  empty_labels = jnp.zeros(0, jnp.int32) if use_labels else None
+  kwargs = dict(temperature=0.1, variant=variant, contrast_mode=contrast_mode)
+  want_v, want_g = supcon_vg(feats, labels, **kwargs)
+  for extra, extra_labels in ((None, None), (empty, empty_labels)):
+    got_v, got_g = supcon_vg(feats, labels, extra=extra, extra_labels=extra_labels, **kwargs)
+    np.testing.assert_array_equal(got_v, want_v)
+    assert got_g.dtype == want_g.dtype
+    np.testing.assert_array_equal(np.asarray(got_g, np.float32), np.asarray(want_g, np.float32))
+
+
+@pytest.mark.parametrize("variant", ["out", "in"])
+def test_extra_gradients(variant):
+  feats = random_features(12, 4, 2, 3)
+  labels = np.array([0, 1, 0, 2], np.int32)
+  extra, extra_labels = random_extra(12, 3, 3), np.array([1, 3, 0], np.int32)
+  kwargs = dict(temperature=0.5, variant=variant)
+  f = jax.jit(lambda x, e: losses.supcon_loss(x, labels, extra=e, extra_labels=extra_labels,
+                                              **kwargs))
+  x, e = jnp.asarray(feats), jnp.asarray(extra)
+  check_grads(lambda x: f(x, e), (x,), order=1, modes=("rev",), eps=1e-3, atol=1e-2, rtol=1e-2)
+  eps, want = 1e-6, np.zeros(feats.shape)
+  ref = lambda x: ref_supcon(x, labels, extra=extra, extra_labels=extra_labels, **kwargs)
+  for idx in np.ndindex(feats.shape):
+    step = np.zeros(feats.shape)
+    step[idx] = eps
+    want[idx] = (ref(feats + step) - ref(feats - step)) / (2 * eps)
+  np.testing.assert_allclose(f(x, e), ref(feats), rtol=2e-5)
+  grad_x, grad_e = jax.grad(f, argnums=(0, 1))(x, e)
+  np.testing.assert_allclose(grad_x, want, rtol=1e-4, atol=1e-6)
+  # The loss stops the gradient into the extra rows (MoCo keys are not trained through).
+  np.testing.assert_array_equal(grad_e, np.zeros(extra.shape))
+
+
+@pytest.mark.parametrize("block_size,variant,scheme", [(1, "in", "mixed"), (5, "out", "mixed"),
+                                                       (4, "out", "simclr")])
+def test_extra_block_size_matches_unblocked(block_size, variant, scheme):
+  feats, labels, extra, extra_labels = as_jnp(*extra_case(scheme, 2))  # 12 anchor rows
+  fn = lambda bs: supcon_vg(feats, labels, variant=variant, block_size=bs, extra=extra,
+                            extra_labels=extra_labels)
+  (v0, g0), (v1, g1) = fn(None), fn(block_size)
+  np.testing.assert_allclose(
+      v0, ref_supcon(*extra_case(scheme, 2)[:2], temperature=0.1, variant=variant,
+                     extra=extra, extra_labels=extra_labels), rtol=2e-5)
+  np.testing.assert_allclose(v1, v0, rtol=1e-6)
+  np.testing.assert_allclose(g1, g0, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("variant", ["out", "in"])
+def test_extra_bfloat16(variant):
+  feats = jnp.asarray(random_features(13, 16, 2, 32)).astype(jnp.bfloat16)
+  labels = random_labels(13, 16, 4)
+  extra = random_extra(13, 8, 32)  # a float32 queue, rounded to the features' bfloat16
+  extra_labels = random_labels(14, 8, 6)
+  got, grad = supcon_vg(feats, jnp.asarray(labels), temperature=0.05, variant=variant,
+                        extra=jnp.asarray(extra), extra_labels=jnp.asarray(extra_labels))
+  assert got.dtype == jnp.float32 and grad.dtype == jnp.bfloat16
+  assert np.all(np.isfinite(np.asarray(grad, np.float32)))
+  rounded = lambda x: np.asarray(jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32))
+  want = ref_supcon(rounded(feats), labels, temperature=0.05, variant=variant,
+                    extra=rounded(extra), extra_labels=extra_labels)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["out", "in"])
+def test_extra_without_positives_gives_zero_and_finite_grads(variant):
+  feats = jnp.asarray(random_features(15, 5, 1, 4))
+  extra = jnp.asarray(random_extra(15, 3, 4))
+  cases = [(None, None), (jnp.arange(5), jnp.array([5, 6, 7]))]  # SimCLR; labels disjoint
+  for labels, extra_labels in cases:
+    with jax.debug_nans(True):
+      value, grad = supcon_vg(feats, labels, temperature=0.05, variant=variant, extra=extra,
+                              extra_labels=extra_labels)
+    assert float(value) == 0.0
+    assert np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize("use_labels,variant,contrast_mode,block_size", [
+    (True, "out", "all", None),
+    (True, "in", "all", 3),
+    (False, "out", "all", 3),
+    (False, "in", "one", None),
+    (True, "out", "one", 2),
+])
+def test_shard_map_with_extra_matches_single_device(mesh, use_labels, variant, contrast_mode,
+                                                    block_size):
+  batch = 2 * N_DEV
+  feats = jnp.asarray(random_features(16, batch, 2, 4))
+  labels = jnp.asarray(random_labels(16, batch, 4)) if use_labels else None
+  extra = jnp.asarray(random_extra(16, 6, 4))
+  extra_labels = jnp.asarray(random_labels(17, 6, 6)) if use_labels else None
+  kwargs = dict(temperature=0.1, variant=variant, contrast_mode=contrast_mode, extra=extra,
+                extra_labels=extra_labels)
+  want_v, want_g = supcon_vg(feats, labels, **kwargs)
+  np.testing.assert_allclose(
+      want_v, ref_supcon(np.asarray(feats), None if labels is None else np.asarray(labels),
+                         **kwargs), rtol=2e-5)
+  # Each device holds 2 samples and the whole (replicated) extra set.
+  sharded = lambda f: losses.sharded_supcon_loss(f, labels, mesh, block_size=block_size, **kwargs)
+  got_v, got_g = jax.jit(jax.value_and_grad(sharded))(feats)
+  np.testing.assert_allclose(got_v, want_v, rtol=1e-5)
+  np.testing.assert_allclose(got_g, want_g, rtol=1e-4, atol=1e-6)
+
+
+def test_bad_extra_arguments():
+  feats = jnp.zeros((4, 2, 3))
+  labels = jnp.zeros(4, jnp.int32)
+  extra, extra_labels = jnp.zeros((5, 3)), jnp.zeros(5, jnp.int32)
+  with pytest.raises(ValueError, match="extra must be"):
+    losses.supcon_loss(feats, labels, extra=extra[:, 0], extra_labels=extra_labels)
+  with pytest.raises(ValueError, match="extra must be"):
+    losses.supcon_loss(feats, labels, extra=jnp.zeros((5, 4)), extra_labels=extra_labels)
+  with pytest.raises(ValueError, match="extra_labels shape"):
+    losses.supcon_loss(feats, labels, extra=extra, extra_labels=extra_labels[:4])
+  with pytest.raises(ValueError, match="extra_labels is required"):
+    losses.supcon_loss(feats, labels, extra=extra)
+  with pytest.raises(ValueError, match="extra_labels given with labels=None"):
+    losses.supcon_loss(feats, None, extra=extra, extra_labels=extra_labels)
+  with pytest.raises(ValueError, match="extra_labels given without extra"):
+    losses.supcon_loss(feats, labels, extra_labels=extra_labels)
 
 
 def test_bad_arguments():
