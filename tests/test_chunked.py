@@ -1,0 +1,174 @@
+"""Tests for supcon_jax.models.chunked: the chunked, rematerialised pass changes BN, not the loss.
+
+The references are written out here: one `model.apply` on the whole batch, and a Python loop
+over the chunks without remat. A tiny ResNet-18 (4..32 channels) on 8x8 images keeps the
+compiles short, and each program is compiled once for the whole file; only the memory test
+builds the real ResNet-18/4, and only compiles it.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from supcon_jax import losses, methods, sharding
+from supcon_jax.config import base_config
+from supcon_jax.models import SupConModel
+from supcon_jax.models.chunked import apply_in_chunks
+
+SAMPLES, VIEWS = 16, 2  # 32 images: in chunks of 8, one image per device per chunk on 8 devices
+KEY = jax.random.key(0, impl="rbg")  # compiles faster than threefry; its values do not matter
+
+
+def tiny_model():
+  config = base_config()
+  config.model.width = 0.0625
+  return methods.get("supcon").build_model(config.model, 10)
+
+
+MODEL = tiny_model()
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_variables():
+  v = jax.jit(lambda x: MODEL.init(KEY, x, train=False))(jnp.zeros((1, 8, 8, 3)))
+  # Running averages away from their (0, 1) start, so that keeping or dropping them shows.
+  return {"params": v["params"], "batch_stats": jax.tree.map(lambda s: s + 0.5, v["batch_stats"])}
+
+
+def batch(samples=SAMPLES, seed=0):
+  """(images [samples * VIEWS, 8, 8, 3], sample-major as the methods lay out views; labels)."""
+  r = np.random.default_rng(seed)
+  # Per-image offsets, so that every chunk's BN statistics differ from the others'.
+  images = r.normal(size=(samples * VIEWS, 8, 8, 3)) + r.normal(size=(samples * VIEWS, 1, 1, 3))
+  return jnp.asarray(images, jnp.float32), jnp.asarray(r.integers(0, 3, samples), jnp.int32)
+
+
+def loss_and_grad(apply, supcon=losses.supcon_loss):
+  """Jitted value_and_grad of the SupCon loss on `apply(variables, images) -> (out, stats)`.
+
+  Returns ((loss, (outputs, new batch_stats)), gradients w.r.t. the params).
+  """
+  def loss(params, batch_stats, images, labels):
+    out, new_stats = apply({"params": params, "batch_stats": batch_stats}, images)
+    z = out["proj"].reshape(labels.shape[0], VIEWS, -1)
+    return supcon(z, labels), (out, new_stats)
+
+  return jax.jit(jax.value_and_grad(loss, has_aux=True))
+
+
+def chunked(chunk_size, model=MODEL):
+  return lambda v, x: apply_in_chunks(model, v, x, chunk_size)
+
+
+def plain(v, x):
+  out, updates = MODEL.apply(v, x, train=True, mutable=["batch_stats"])
+  return out, updates["batch_stats"]
+
+
+def reference(chunk_size):
+  """The chunked pass as the docstring defines it, in a Python loop without remat."""
+  def apply(v, x):
+    n = x.shape[0]
+    k = n // chunk_size
+    rows = [np.arange(c, n, k) for c in range(k)]  # chunk c: images c, c + k, c + 2k, ...
+    outs, stats = zip(*(plain(v, x[r]) for r in rows))
+    order = np.argsort(np.concatenate(rows))
+    out = jax.tree.map(lambda *o: jnp.concatenate(o)[order], *outs)
+    return out, jax.tree.map(lambda *s: sum(s) / k, *stats)
+
+  return apply
+
+
+@functools.lru_cache(maxsize=None)
+def run(how, chunk_size=None, devices=1):
+  """(loss_and_grad's result, compiled HLO) of `how` on `batch()`, sharded over `devices`."""
+  apply = {"plain": plain, "chunked": chunked(chunk_size), "reference": reference(chunk_size)}
+  mesh = sharding.make_mesh(devices)
+  put = lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec))
+  images, labels = batch()
+  v = tiny_variables()
+  args = (put(v["params"], P()), put(v["batch_stats"], P()),
+          put(images, P(sharding.DATA_AXIS)), put(labels, P(sharding.DATA_AXIS)))
+  supcon = lambda z, l: losses.sharded_supcon_loss(z, l, mesh)
+  compiled = loss_and_grad(apply[how], supcon).lower(*args).compile()
+  return jax.device_get(compiled(*args)), compiled.as_text()
+
+
+def assert_trees_close(got, want, rtol=1e-5, atol=1e-5):
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=rtol, atol=atol)
+
+
+def test_one_chunk_is_the_plain_apply():
+  assert_trees_close(run("chunked", SAMPLES * VIEWS)[0], run("plain")[0])
+
+
+def test_no_chunk_size_is_the_plain_apply():
+  images, _ = batch()
+  trace = lambda f: str(jax.make_jaxpr(f)(tiny_variables(), images))
+  assert trace(chunked(None)) == trace(plain)
+
+
+def test_chunks_match_a_loop_over_chunks():
+  got = run("chunked", 8)[0]
+  assert_trees_close(got, run("reference", 8)[0])
+  # Ghost BN is not the whole batch's BN: the chunks did change the statistics.
+  stats = lambda result: jax.tree.leaves(result[0][1][1])[0]
+  assert not np.allclose(stats(got), stats(run("plain")[0]))
+
+
+def test_eight_devices_match_one():
+  # Looser than the other comparisons: the reductions run in another order, and BN over the
+  # 8 values per channel of the last stage (1x1 pixels here) amplifies the difference.
+  assert_trees_close(run("chunked", 8, devices=8)[0], run("chunked", 8)[0], rtol=1e-4,
+                     atol=1e-4)
+
+
+def test_chunks_move_no_image_between_devices():
+  # The only collectives that move data are the loss's gather of the embeddings (in its
+  # shard_map) and BN's all-reduces: each device maps over its own share of every chunk.
+  hlo = run("chunked", 8, devices=8)[1]
+  moves = [line for line in hlo.splitlines()
+           if re.search(r"\b(all-gather|all-to-all|collective-permute)(-start)?\(", line)
+           and "shard_map" not in line]
+  assert not moves, "\n".join(moves)
+
+
+def test_chunks_cut_the_activation_memory():
+  # The real encoder at the paper's CIFAR batch: 256 samples x 2 views, compiled only.
+  model = SupConModel(18, width=0.25, stem="cifar")
+  v = jax.eval_shape(lambda: model.init(KEY, jnp.zeros((1, 32, 32, 3)), train=False))
+  args = (v["params"], v["batch_stats"], jax.ShapeDtypeStruct((512, 32, 32, 3), jnp.float32),
+          jax.ShapeDtypeStruct((256,), jnp.int32))
+
+  def temp_bytes(chunk_size):
+    compiled = loss_and_grad(chunked(chunk_size, model)).lower(*args).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  whole, chunks = temp_bytes(None), temp_bytes(32)
+  assert chunks * 4 <= whole, (chunks, whole)
+
+
+def test_inference_is_one_plain_apply():
+  images, _ = batch(2)
+  v = tiny_variables()
+  out, stats = jax.jit(lambda v, x: apply_in_chunks(MODEL, v, x, 2, train=False))(v, images)
+  assert_trees_close(out, MODEL.apply(v, images, train=False))
+  assert_trees_close(stats, v["batch_stats"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("chunk_size", [0, -4, 3, 64, 4.0, True])
+def test_bad_chunk_size(chunk_size):
+  images, _ = batch()
+  with pytest.raises(ValueError, match="chunk_size"):
+    apply_in_chunks(MODEL, {}, images, chunk_size)
+  with pytest.raises(ValueError, match="chunk_size"):
+    apply_in_chunks(MODEL, {}, images, chunk_size, train=False)
