@@ -1,0 +1,91 @@
+"""Exports a trained model as two plain files that need neither orbax nor the workdir.
+
+  python -m supcon_jax.export --workdir=/tmp/digits/supcon --out=/tmp/digits_encoder [--step=N]
+
+writes `<out>/encoder.msgpack` (flax.serialization's msgpack of {"params", "batch_stats"} of
+the whole model: encoder and projection head or classifier) and `<out>/model_card.json`: what
+the model is (architecture, representation and projection sizes, the input it expects and
+its normalisation, method, dataset, training step, the evaluation results when the workdir
+has them) and the full config, from which `encoder.load_encoder(<out>)` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import flax.serialization
+import jax
+
+from supcon_jax import checkpoint, report
+from supcon_jax.encoder import CONFIG, MODEL_CARD, WEIGHTS, Encoder, load_encoder
+
+CARD_FORMAT = "supcon_jax.model_card/1"  # changes when the card's fields change meaning
+
+
+def model_card(encoder: Encoder, results: dict[str, Any] | None) -> dict[str, Any]:
+  """The model card of `encoder` (JSON-ready), with the workdir's `results` if any."""
+  c = encoder.config
+  head = {"head": c.model.head, "dim": c.model.proj_dim} if encoder.has_projection else None
+  return {
+      "format": CARD_FORMAT,
+      "method": c.method,
+      "step": encoder.step,
+      "architecture": {"network": f"ResNet-{c.model.depth}", "depth": c.model.depth,
+                       "width": c.model.width, "stem": c.model.stem, "dtype": c.model.dtype,
+                       "zero_init_residual": c.model.zero_init_residual},
+      "feature_dim": encoder.output_dim(),
+      "projection": head,
+      "input": {"image_size": c.data.image_size, "channels": encoder.channels,
+                "mean": list(c.data.mean), "std": list(c.data.std),
+                "host_resize": c.data.host_resize},
+      "dataset": {"source": c.data.source, "name": c.data.name,
+                  "num_classes": c.data.num_classes},
+      "training": {"step": encoder.step, "batch_size": c.batch_size, "epochs": c.epochs},
+      "results": results,
+      "exported_from": encoder.source,
+      "config": c.to_dict(),
+  }
+
+
+def export(workdir: str, out: str, step: int | None = None) -> Encoder:
+  """Writes the model of `workdir` (newest checkpoint, or `step`) to `out`; returns it."""
+  if os.path.exists(os.path.join(out, CONFIG)):
+    raise ValueError(f"{out} is a training workdir (it has {CONFIG}); export somewhere else")
+  encoder = load_encoder(workdir, step)
+  results_path = os.path.join(workdir, "results.json")
+  results = None
+  if os.path.exists(results_path):
+    with open(results_path) as f:
+      results = json.load(f)
+  os.makedirs(out, exist_ok=True)
+  weights = flax.serialization.msgpack_serialize(jax.device_get(encoder.variables))
+  tmp = os.path.join(out, WEIGHTS + ".tmp")
+  with open(tmp, "wb") as f:
+    f.write(weights)
+  os.replace(tmp, os.path.join(out, WEIGHTS))  # never a half-written file under the real name
+  report.write_json(os.path.join(out, MODEL_CARD), model_card(encoder, results))
+  return encoder
+
+
+def main(argv: list[str] | None = None) -> None:
+  """The command line (`supcon-export`); a user error is one line on stderr and exit 1."""
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", required=True, help="training workdir of one method")
+  parser.add_argument("--out", required=True, help="directory to write the export into")
+  parser.add_argument("--step", type=int, default=None, help="checkpoint (default: newest)")
+  args = parser.parse_args(argv)
+  try:
+    encoder = export(args.workdir, args.out, args.step)
+  except (ValueError, OSError, checkpoint.CheckpointError) as e:
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+    sys.exit(1)
+  print(f"exported {encoder.method.name} step {encoder.step} of {args.workdir} to "
+        f"{os.path.join(args.out, WEIGHTS)} and {os.path.join(args.out, MODEL_CARD)}")
+
+
+if __name__ == "__main__":
+  main()
