@@ -78,6 +78,8 @@ class Case:
   data_dir: str = ""
   devices: int | None = None  # None: every device
   donate: bool = True
+  chunk_size: int = 0  # config.encoder_chunk_size: the model over the batch in chunks (0 = off)
+  compile_only: bool = False  # compile the step and report XLA's memory; run nothing
   label: str = ""  # names the rows: "<label>_step" and "<label>_e2e", or the loss's "<label>"
   warmup: int = 5
   windows: int = 10
@@ -173,6 +175,7 @@ def bench_config(case: Case) -> ml_collections.ConfigDict:
   c.loss.block_size = case.block_size
   c.optim.name = case.optimizer
   c.batch_size = case.batch
+  c.encoder_chunk_size = case.chunk_size
   if case.case == "e2e":
     c.data.source, c.data.train_dir, c.data.in_memory = "folder", case.data_dir, True
   config_lib.validate(c)
@@ -182,6 +185,46 @@ def bench_config(case: Case) -> ml_collections.ConfigDict:
 def _model_name(case: Case) -> str:
   width = "" if case.width == 1 else f"x{case.width:g}"
   return f"R{case.depth}{width} {case.stem} {case.image_size}px {case.method}"
+
+
+def _abstract_inputs(case: Case, config, method, model, tx, mesh):
+  """Shapes, dtypes and shardings of the step's inputs: what compiling needs, no arrays."""
+  image_shape = (case.image_size, case.image_size, 3)
+
+  def state():
+    variables = model.init(jax.random.key(0), jnp.zeros((1,) + image_shape), train=False)
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    return train.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
+                            opt_state=tx.init(params), nonfinite_steps=jnp.zeros((), jnp.int32),
+                            first_nonfinite=jnp.zeros((), jnp.int32))
+
+  place = lambda tree, where: jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=where), tree)
+  batch = {"image": jax.ShapeDtypeStruct((case.batch,) + image_shape, jnp.uint8),
+           "label": jax.ShapeDtypeStruct((case.batch,), jnp.int32)}
+  return (place(jax.eval_shape(state), sharding.replicated(mesh)),
+          place(batch, sharding.batch_sharding(mesh)),
+          place(jax.eval_shape(lambda: jax.random.PRNGKey(0)), sharding.replicated(mesh)))
+
+
+def run_compile(case: Case) -> list[dict[str, Any]]:
+  """Compiles the step for shapes no machine here need run, and reports XLA's buffers."""
+  config = bench_config(case)
+  if config.moco.enabled:
+    raise ValueError("--compile-only does not build a momentum encoder's state")
+  mesh = sharding.make_mesh(case.devices)
+  method = methods.get(config.method)
+  model = method.build_model(config.model, config.data.num_classes)
+  tx, _ = optim.make_optimizer(config.optim, batch_size=config.batch_size, steps_per_epoch=100,
+                               total_steps=10_000)
+  step = train.make_step(method.loss_fn(config, model, mesh), tx, mesh, donate=case.donate)
+  start = time.perf_counter()
+  compiled = step.lower(*_abstract_inputs(case, config, method, model, tx, mesh)).compile()
+  return [{"case": "compile", "label": case.label, "model": _model_name(case),
+           "batch": case.batch, "views": method.views(config), "dtype": case.dtype,
+           "chunk_size": case.chunk_size, "devices": mesh.devices.size,
+           "platform": mesh.devices.flat[0].platform,
+           "compile_s": time.perf_counter() - start, **_xla_memory(compiled)}]
 
 
 def _compiled_step(case: Case, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
@@ -318,6 +361,10 @@ def run_case(case: Case) -> list[dict[str, Any]]:
   for name in ("warmup", "windows", "steps_per_window"):
     if getattr(case, name) < (0 if name == "warmup" else 1):
       raise ValueError(f"--{name.replace('_', '-')}={getattr(case, name)} is too small")
+  if case.compile_only:
+    if case.case != "step":
+      raise ValueError("--compile-only compiles the training step: use it with --case step")
+    return run_compile(case)
   return run_loss(case) if case.case == "loss" else run_step(case)
 
 
@@ -430,6 +477,13 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
       lines.append([r["case"], r["model"], "", "", f"failed (exit {r['error']})"]
                    + [""] * (len(header) - 5))
       continue
+    if r["case"] == "compile":
+      lines.append([r["case"], r["model"], f"{r['batch']} x {r['views']}", r["dtype"], "—", "—",
+                    f"{r['compile_s']:.1f}", "—", "—", "",
+                    f"chunk {r['chunk_size'] or 'off'}: XLA temp "
+                    f"{_fmt(r['xla_temp_bytes'], '.2f', GIB)} GiB, arguments "
+                    f"{_fmt(r['xla_argument_bytes'], '.2f', GIB)} GiB ({r['platform']})"])
+      continue
     note = ""
     if r["case"] == "e2e":
       note = f"{100 * r['ratio_to_step']:.1f}% of step-only; load {r['load_s']:.0f} s"
@@ -486,6 +540,12 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--devices", type=int, default=d.devices, help="first N devices (default all)")
   p.add_argument("--no-donate", dest="donate", action="store_false",
                  help="do not donate the state (to measure what donation saves)")
+  p.add_argument("--chunk-size", type=int, default=d.chunk_size,
+                 help="config.encoder_chunk_size: the model in chunks of N images (0 = off)")
+  p.add_argument("--compile-only", action="store_true",
+                 help="compile the step and report XLA's temp / argument / output bytes "
+                      "(xla_temp_bytes in the JSON) without running it: memory for shapes no "
+                      "machine here could run, read on a CPU")
   p.add_argument("--warmup", type=int, default=d.warmup, help="untimed steps after compiling")
   p.add_argument("--windows", type=int, default=d.windows)
   p.add_argument("--steps-per-window", type=int, default=d.steps_per_window)
@@ -503,13 +563,14 @@ def _parser() -> argparse.ArgumentParser:
 def _passthrough(args: argparse.Namespace, argv: Sequence[str]) -> list[str]:
   """Every case flag given with a suite, handed on to each case (after the case's own flags,
   so it wins): the timing, the devices, the MFU peak, or a smaller model for a dry run."""
+  switches = {"donate": "--no-donate", "compile_only": "--compile-only"}  # flags alone
   out = []
   for field in dataclasses.fields(Case):
-    flag = "--no-donate" if field.name == "donate" else f"--{field.name.replace('_', '-')}"
+    flag = switches.get(field.name, f"--{field.name.replace('_', '-')}")
     given = any(a == flag or a.startswith(flag + "=") for a in argv)
     if field.name in ("case", "data_dir", "label") or not given:
       continue
-    out += [flag] if field.name == "donate" else [flag, str(getattr(args, field.name))]
+    out += [flag] if field.name in switches else [flag, str(getattr(args, field.name))]
   return out
 
 

@@ -12,7 +12,8 @@ import os
 
 import ml_collections
 
-from supcon_jax import augment, data, evaluate, losses, methods, models, optim
+from supcon_jax import augment, data, evaluate, losses, methods, models, momentum, optim
+from supcon_jax.models import chunked
 from supcon_jax.checks import one_of
 
 def base_config() -> ml_collections.ConfigDict:
@@ -77,6 +78,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.label_smoothing = 0.0  # ce only
 
   c.batch_size = 256  # global, over all devices and hosts
+  # > 0: the model runs over the batch's images in chunks of this many, each rematerialised
+  # for the backward pass, so activation memory grows with the chunk, not the batch; the loss
+  # still sees every embedding and its gradient is exact. BatchNorm then normalises each
+  # chunk by its own statistics ("ghost" BN, as per-device BN does) and the running averages
+  # are the mean over chunks; inference is unchanged. A multiple of the device count, it
+  # must divide batch_size x views. Use it when the batch does not fit (models/chunked.py).
+  c.encoder_chunk_size = 0
+  # A momentum encoder and a queue of past keys with their labels (momentum.py), for the
+  # contrastive methods: many more negatives and positives than a small batch holds.
+  c.moco = ml_collections.ConfigDict()
+  c.moco.enabled = False
+  c.moco.momentum = 0.999  # of the key model's exponential moving average
+  c.moco.queue_size = 65_536  # past keys, a multiple of batch_size x views
   c.epochs = 100.0  # float: a fraction of an epoch is a valid (short) run
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "lars"
@@ -130,7 +144,8 @@ def base_config() -> ml_collections.ConfigDict:
 # (memory only), data.in_memory and paths.
 IDENTITY = ("method", "batch_size", "model", "loss", "optim", "augment.n_views", "data.source",
             "data.name", "data.num_classes", "data.image_size", "data.host_resize",
-            "data.val_per_class", "data.split_seed", "data.mean", "data.std")
+            "data.val_per_class", "data.split_seed", "data.mean", "data.std",
+            "encoder_chunk_size", "moco")
 _NOT_IDENTITY = ("loss.block_size",)
 
 
@@ -195,6 +210,19 @@ def validate(c: ml_collections.ConfigDict) -> None:
                      f"{c.model.stem} stem (at least {min_size})")
   if c.data.source == "folder" and not c.data.train_dir:
     raise ValueError("config.data.source='folder' needs config.data.train_dir")
+  for name in method_names(c):
+    views = methods.METHODS[name].views(c)
+    if c.encoder_chunk_size:
+      try:
+        chunked.check_chunk_size(c.encoder_chunk_size, c.batch_size * views)
+      except ValueError as e:
+        raise ValueError(f"config.encoder_chunk_size: {e} (batch_size x views of "
+                         f"{name})") from e
+    if c.moco.enabled and not methods.METHODS[name].contrastive:
+      raise ValueError(f"config.moco.enabled: method {name} has no embeddings to queue; the "
+                       "momentum encoder is for the contrastive methods")
+  if c.moco.enabled:
+    momentum.check_config(c)
 
 
 def load_config_file(path: str, arg: str = "") -> ml_collections.ConfigDict:

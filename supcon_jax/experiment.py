@@ -102,7 +102,7 @@ def train_encoder(config: ml_collections.ConfigDict, workdir: str, method: metho
 
   total, tx, schedule, step = build(config.epochs)
   rng = jax.random.PRNGKey(config.seed)
-  state = _fresh_state(config, model, train_source, tx, mesh)
+  state = _fresh_state(config, method, model, train_source, tx, mesh)
   ckpt = _encoder_checkpointer(config, workdir)
   state = train.resume(state, ckpt)  # refuses a workdir of another run, changing nothing
   if jax.process_index() == 0:  # what the workdir holds, for load_encoder and later stages
@@ -167,7 +167,7 @@ def restore_encoder(config: ml_collections.ConfigDict, workdir: str, model: Any,
   """The model trained in `workdir`: its newest checkpoint, or `config.pretrain_step`."""
   tx, _ = optim.make_optimizer(config.optim, batch_size=config.batch_size,
                                steps_per_epoch=train_source.steps_per_epoch, total_steps=1)
-  state = _fresh_state(config, model, train_source, tx, mesh)
+  state = _fresh_state(config, methods.get(config.method), model, train_source, tx, mesh)
   # Only what restoring depends on must match: the linear stage may train on other data.
   ckpt = _encoder_checkpointer(config, workdir, compare=("model.", "method"))
   state = train.resume(state, ckpt, step=config.pretrain_step or None)
@@ -179,9 +179,10 @@ def restore_encoder(config: ml_collections.ConfigDict, workdir: str, model: Any,
                         checkpoint.CheckpointRef(ckpt.directory, int(state.step)))
 
 
-def _fresh_state(config, model, train_source, tx, mesh) -> train.TrainState:
+def _fresh_state(config, method, model, train_source, tx, mesh) -> train.TrainState:
   params, batch_stats = train.init_model(model, config.seed, train_source.image_shape, mesh)
-  return train.create_state(params, batch_stats, tx, mesh)
+  return train.create_state(params, batch_stats, tx, mesh,
+                            momentum=method.initial_momentum(config, params, batch_stats))
 
 
 def _encoder_checkpointer(config, workdir: str, compare=None) -> checkpoint.Checkpointer:

@@ -13,9 +13,12 @@ import dataclasses
 from typing import Any, Callable
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from supcon_jax import augment, data, losses, models
+from supcon_jax import augment, data, losses, models, momentum
+from supcon_jax.models import chunked
 from supcon_jax.checks import one_of
 from supcon_jax.train import LossFn
 
@@ -44,6 +47,10 @@ class Method:
     """Augmented views of each image per training step."""
     return config.augment.n_views if self.contrastive else 1
 
+  def initial_momentum(self, config: Any, params: Any, batch_stats: Any) -> Any:
+    """The momentum encoder's state to train with (`config.moco`), or None."""
+    return momentum.initial_state(config, params, batch_stats) if config.moco.enabled else None
+
   def loss_fn(self, config: Any, model: nn.Module, mesh: Mesh) -> LossFn:
     """The training loss of this method on its augmented views of a batch."""
     augment_fn = augment.from_config(config, n_views=self.views(config),
@@ -61,22 +68,41 @@ def _classifier_model(model_config: Any, num_classes: int) -> nn.Module:
   return models.CEModel(num_classes=num_classes, **models.encoder_kwargs(model_config))
 
 
+def _apply(model: nn.Module, config: Any, params: Any, batch_stats: Any,
+           images: jax.Array) -> tuple[dict[str, jax.Array], Any]:
+  """The model in training mode on [N, H, W, C]: (outputs, new batch_stats), in chunks of
+  `config.encoder_chunk_size` images (ghost BatchNorm) when that is set."""
+  return chunked.apply_in_chunks(model, {"params": params, "batch_stats": batch_stats}, images,
+                                 config.encoder_chunk_size or None)
+
+
 def _contrastive_loss(method: Method, config: Any, model: nn.Module, augment_fn: Callable,
                       mesh: Mesh) -> LossFn:
-  """SupCon (with labels) or SimCLR (without) over the views of the whole global batch."""
+  """SupCon (with labels) or SimCLR (without) over the views of the whole global batch; with
+  `config.moco.enabled`, also against the queue of a momentum encoder (momentum.py)."""
   loss_kwargs = dict(temperature=config.loss.temperature,
                      base_temperature=config.loss.base_temperature, variant=config.loss.variant,
                      contrast_mode=config.loss.contrast_mode, block_size=config.loss.block_size)
 
-  def loss_fn(params, batch_stats, batch, rng):
+  def loss_fn(params, carried, batch, rng):
     views = augment_fn(rng, batch["image"])  # [B, V, H, W, C]
     b, v = views.shape[:2]
-    out, updates = model.apply({"params": params, "batch_stats": batch_stats},
-                               views.reshape((b * v,) + views.shape[2:]), train=True,
-                               mutable=["batch_stats"])
-    z = out["proj"].reshape(b, v, -1)
+    images = views.reshape((b * v,) + views.shape[2:])
     labels = batch["label"] if method.uses_labels else None
-    return losses.sharded_supcon_loss(z, labels, mesh, **loss_kwargs), updates["batch_stats"]
+    if not config.moco.enabled:
+      out, batch_stats = _apply(model, config, params, carried, images)
+      z = out["proj"].reshape(b, v, -1)
+      return losses.sharded_supcon_loss(z, labels, mesh, **loss_kwargs), batch_stats
+    batch_stats, state = carried
+    out, batch_stats = _apply(model, config, params, batch_stats, images)
+    key_params = momentum.follow(state["params"], params, config.moco.momentum)
+    keys, key_stats = _apply(model, config, key_params, state["batch_stats"], images)
+    loss = losses.sharded_supcon_loss(
+        out["proj"].reshape(b, v, -1), labels, mesh, extra=state["queue"],
+        extra_labels=None if labels is None else state["queue_labels"], **loss_kwargs)
+    state = momentum.enqueue({**state, "params": key_params, "batch_stats": key_stats},
+                             keys["proj"], jnp.repeat(batch["label"], v))
+    return loss, (batch_stats, state)
 
   return loss_fn
 
@@ -88,11 +114,10 @@ def _cross_entropy_loss(method: Method, config: Any, model: nn.Module, augment_f
 
   def loss_fn(params, batch_stats, batch, rng):
     x = augment_fn(rng, batch["image"])[:, 0]
-    out, updates = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
-                               mutable=["batch_stats"])
+    out, batch_stats = _apply(model, config, params, batch_stats, x)
     loss = losses.cross_entropy_loss(out["logits"], batch["label"],
                                      label_smoothing=config.loss.label_smoothing)
-    return loss, updates["batch_stats"]
+    return loss, batch_stats
 
   return loss_fn
 

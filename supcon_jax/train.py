@@ -24,7 +24,9 @@ import optax
 
 from supcon_jax import checkpoint, metrics, sharding
 
-# (params, batch_stats, batch, rng, *frozen) -> (loss, new batch_stats)
+# (params, carried, batch, rng, *frozen) -> (loss, new carried). `carried` is what the loss
+# keeps from step to step without gradients: the BatchNorm statistics, or (batch_stats,
+# momentum) for a momentum encoder (`MomentumTrainState`).
 LossFn = Callable[..., tuple[jax.Array, Any]]
 
 
@@ -39,6 +41,27 @@ class TrainState:
   first_nonfinite: jax.Array  # the first such step, -1 while there is none
 
 
+@flax.struct.dataclass
+class MomentumTrainState(TrainState):
+  """A TrainState with a momentum encoder: its variables and the queue of past keys.
+
+  A subclass, not an optional field, so checkpoints of runs without one keep their layout.
+  """
+  momentum: Any
+
+
+def _carried(state: TrainState) -> Any:
+  if isinstance(state, MomentumTrainState):
+    return state.batch_stats, state.momentum
+  return state.batch_stats
+
+
+def _with_carried(state: TrainState, carried: Any) -> dict[str, Any]:
+  if isinstance(state, MomentumTrainState):
+    return {"batch_stats": carried[0], "momentum": carried[1]}
+  return {"batch_stats": carried}
+
+
 class NonFiniteError(FloatingPointError):
   """A step's loss or gradient was not finite and the config does not skip such steps."""
 
@@ -48,12 +71,13 @@ class Preempted(Exception):
 
 
 def create_state(params: Any, batch_stats: Any, optimizer: optax.GradientTransformation,
-                 mesh: jax.sharding.Mesh) -> TrainState:
-  """A fresh state, replicated over the mesh."""
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                     opt_state=optimizer.init(params),
-                     nonfinite_steps=jnp.zeros((), jnp.int32),
-                     first_nonfinite=jnp.full((), -1, jnp.int32))
+                 mesh: jax.sharding.Mesh, momentum: Any = None) -> TrainState:
+  """A fresh state, replicated over the mesh (a MomentumTrainState with `momentum`)."""
+  fields = dict(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                opt_state=optimizer.init(params), nonfinite_steps=jnp.zeros((), jnp.int32),
+                first_nonfinite=jnp.full((), -1, jnp.int32))
+  state = (TrainState(**fields) if momentum is None
+           else MomentumTrainState(**fields, momentum=momentum))
   return sharding.replicate(state, mesh)
 
 
@@ -73,15 +97,16 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, mesh: ja
               *, donate: bool = True) -> Callable[..., tuple[TrainState, metrics.TrainMetrics]]:
   """Compiles `train_step(state, batch, rng, *frozen) -> (state, metrics)`.
 
-  `loss_fn(params, batch_stats, batch, rng, *frozen) -> (loss, new_batch_stats)`. The step
-  key is `fold_in(rng, state.step)`. An update with a non-finite loss, gradient or result is
-  dropped (the state keeps its values) and counted; the loop decides whether to stop.
+  `loss_fn(params, carried, batch, rng, *frozen) -> (loss, new carried)` (see `LossFn`). The
+  step key is `fold_in(rng, state.step)`. An update with a non-finite loss, gradient or
+  result is dropped (the state keeps its values) and counted; the loop decides whether to
+  stop.
   """
 
   def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *frozen):
     rng = jax.random.fold_in(rng, state.step)
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, state.batch_stats, batch, rng, *frozen)
+    (loss, carried), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, _carried(state), batch, rng, *frozen)
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -92,7 +117,7 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, mesh: ja
     state = state.replace(
         step=state.step + 1,
         params=keep(params, state.params),
-        batch_stats=keep(batch_stats, state.batch_stats),
+        **_with_carried(state, keep(carried, _carried(state))),
         opt_state=keep(opt_state, state.opt_state),
         nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
         first_nonfinite=jnp.where((state.first_nonfinite < 0) & ~finite, state.step,
@@ -149,7 +174,7 @@ class LoopSettings:
   name: str
   num_steps: int
   steps_per_epoch: int
-  images_per_step: int
+  images_per_step: int  # what the progress line's rate counts (views, or cached features)
   ckpt: checkpoint.Checkpointer
   writer: metrics.Writer
   log_every: int
@@ -157,6 +182,9 @@ class LoopSettings:
   schedule: Callable[[int], Any] | None = None
   every_epoch: Callable[[int, TrainState], dict[str, float]] | None = None  # e.g. kNN monitor
   started: float = dataclasses.field(default_factory=time.time)  # for elapsed_s in the metrics
+  # The console shows a progress line at most this often, and the first, the last and those
+  # with an evaluation; log.txt and metrics.jsonl get every one (console.py).
+  console_every_s: float = 10.0
 
 
 def resume(state: TrainState, ckpt: checkpoint.Checkpointer, step: int | None = None
@@ -173,14 +201,20 @@ def fit(loop: LoopSettings, state: TrainState, step_fn: Callable, batches: Calla
   loop.writer.resume_at(start)  # rows a killed run logged past its last checkpoint go
   if start >= loop.num_steps:
     return state
+  # Past the start-up checks: from here on the run keeps its log.txt (console.py).
   logging.info("[%s] steps %d..%d (%d per epoch)", loop.name, start, loop.num_steps,
-               loop.steps_per_epoch)
+               loop.steps_per_epoch, extra={"underway": True})
   stream = batches(start)
-  pending, last_log, last_time = None, start, time.time()  # metrics not yet logged
-  t_start = last_time
+  pending = None  # metrics not yet logged
+  # The rate and the ETA are measured from the end of the first step, which compiles,
+  # unless that step is logged itself (then it is all there is to measure).
+  last_log, last_time = start, time.time()
+  paced_from = (last_log, last_time)  # the (step, time) the ETA's pace is measured from
+  shown = -float("inf")  # when the console last showed a progress line
   with PreemptionWatch() as watch:
     for step in range(start, loop.num_steps):
-      state, m = step_fn(state, next(stream), rng, *frozen)
+      batch = next(stream)
+      state, m = step_fn(state, batch, rng, *frozen)
       pending = m if pending is None else pending.merge(m)
       done = step + 1
       stop = watch.should_stop(done)
@@ -196,8 +230,18 @@ def fit(loop: LoopSettings, state: TrainState, step_fn: Callable, batches: Calla
         if epoch_end and loop.every_epoch is not None:
           values.update(loop.every_epoch(done // loop.steps_per_epoch, state))
         loop.writer.write(done, values)
-        _progress(loop, done, values, now - t_start, start)
+        eta = (now - paced_from[1]) / (done - paced_from[0]) * (loop.num_steps - done)
+        show = (now - shown >= loop.console_every_s or done == loop.num_steps or stop
+                or any(k.endswith("_top1") for k in values))
+        # On cached features (the linear stage with linear.augment="none") a step is a small
+        # matmul on a batch of representations: the rate counts those, not images.
+        _progress(loop, done, values, eta, "img" if "image" in batch else "feat", show)
+        shown = now if show else shown
         pending, last_log, last_time = None, done, time.time()
+      elif step == start:
+        jax.block_until_ready(m)  # the first step compiled: time the steps after it
+        last_log, last_time = done, time.time()
+        paced_from = (last_log, last_time)
       saved = loop.ckpt.due(done) or stop
       if saved:
         loop.ckpt.save(done, state)
@@ -225,16 +269,19 @@ def _check_finite(loop: LoopSettings, state: TrainState) -> int:
   return bad
 
 
-def _progress(loop: LoopSettings, done: int, values: dict[str, float], elapsed: float, start: int) -> None:
-  eta = elapsed / max(done - start, 1) * (loop.num_steps - done)
-  extra = "".join(f" {k} {v:.2f}" for k, v in values.items() if k.endswith("_top1"))
+def _progress(loop: LoopSettings, done: int, values: dict[str, float], eta: float, unit: str,
+              show: bool) -> None:
+  """The progress line of step `done`: always in log.txt, on the console if `show`."""
+  evals = "".join(f" {k} {v:.2f}" for k, v in values.items() if k.endswith("_top1"))
   skipped = f" skipped {values['nonfinite_steps']:.0f}" if values["nonfinite_steps"] else ""
-  logging.info("[%s] step %d/%d epoch %.1f loss %.4f lr %.4g %.0f img/s ETA %s%s%s", loop.name,
+  logging.info("[%s] step %d/%d epoch %.1f loss %.4f lr %.3g %.0f %s/s ETA %s%s%s", loop.name,
                done, loop.num_steps, done / loop.steps_per_epoch, values["loss"], values["lr"],
-               values["images_per_sec"], _hms(eta), extra, skipped)
+               values["images_per_sec"], unit, _hms(eta), evals, skipped,
+               extra={"console": show})
 
 
 def _hms(seconds: float) -> str:
+  """h:mm:ss, or m:ss under an hour."""
   m, s = divmod(int(seconds), 60)
   h, m = divmod(m, 60)
-  return f"{h}:{m:02d}:{s:02d}"
+  return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

@@ -120,3 +120,22 @@ def test_every_source_and_bad_image_choice_validates(source, bad_images):
 def test_values_outside_the_lists_fail_validation_naming_the_field(field, value):
   with pytest.raises(ValueError, match=re.escape(f"config.{field}={value!r}")):
     _config(**{field: value})
+
+
+RECIPES = [("cifar10.py", ""), ("cifar10.py", "simclr"), ("cifar10.py", "ce"), ("cifar100.py", ""),
+           ("cifar10_fast.py", ""), ("cifar10_fast.py", "ce"), ("cifar10_fast.py", "simclr"),
+           ("digits.py", ""), ("imagenet.py", ""), ("imagenet_ce.py", ""),
+           ("imagenet_moco.py", "")]
+
+
+def test_every_recipe_is_listed_here():
+  import pathlib
+  files = {p.name for p in (pathlib.Path(__file__).parents[1] / "configs").glob("*.py")}
+  assert files == {name for name, _ in RECIPES}
+
+
+@pytest.mark.parametrize("name,arg", RECIPES)
+def test_every_recipe_validates(name, arg):
+  import pathlib
+  path = pathlib.Path(__file__).parents[1] / "configs" / name
+  config_lib.validate(config_lib.load_config_file(str(path), arg))

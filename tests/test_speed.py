@@ -107,3 +107,20 @@ def test_suite_runs_each_case_in_its_own_process(monkeypatch, tmp_path):
   assert rows[1]["error"] == 1  # odd rows: the child exits 1 and the suite goes on
   written = json.loads(out.read_text())
   assert written["environment"]["jax"] and len(written["rows"]) == 2
+
+
+def test_compile_only_reports_xla_memory_and_chunking_cuts_it(tmp_path):
+  common = ["--case", "step", "--compile-only", "--depth", "18", "--width", "0.125",
+            "--image-size", "16", "--batch", "64", "--dtype", "float32", "--augment", "none",
+            "--devices", "1"]
+  whole = speed.main(common + ["--json", str(tmp_path / "whole.json")])[0]
+  chunked = speed.main(common + ["--chunk-size", "16"])[0]
+  for row in (whole, chunked):
+    assert row["case"] == "compile" and row["xla_temp_bytes"] > 0 and row["compile_s"] > 0
+    assert "images_per_s" not in row  # nothing ran
+  assert chunked["chunk_size"] == 16 and chunked["xla_temp_bytes"] * 2 < whole["xla_temp_bytes"]
+  written = json.loads((tmp_path / "whole.json").read_text())
+  assert written["rows"][0]["xla_temp_bytes"] == whole["xla_temp_bytes"]
+  assert "chunk 16: XLA temp" in speed.format_table([chunked])
+  with pytest.raises(ValueError, match="--compile-only"):
+    speed.run_case(speed.Case(case="loss", compile_only=True))
