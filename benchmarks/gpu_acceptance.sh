@@ -94,7 +94,7 @@ cifar10() {
           --config.linear.batch_size=16 --config.augment.policy=cropflip
           --config.data.val_per_class=1 --config.knn.num_train=32 --config.time_budget_s=90
           --config.time_reserve_s=25 --config.epochs=3 --config.eval_every_epochs=1
-          --config.log_every_steps=1)
+          --config.log_every_steps=1 --config.tensorboard=False)
   fi
   rm -rf "$workdir"
   say "cifar10: configs/cifar10_fast.py:$METHOD, pre-training and linear evaluation in one budget"

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import re
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
@@ -37,9 +37,16 @@ class CheckpointError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointRef:
-  """One saved step of a checkpoint directory (e.g. the encoder a classifier was trained on)."""
+  """One saved step of a checkpoint directory (e.g. the encoder a classifier was trained on).
+
+  The directory is made absolute, so a run started from elsewhere names it alike.
+  """
   directory: str
   step: int
+
+  def __post_init__(self):
+    if "://" not in self.directory:  # gs:// and the like already are
+      object.__setattr__(self, "directory", os.path.abspath(self.directory))
 
   def __str__(self) -> str:
     return f"{self.directory}/{self.step}"
@@ -48,17 +55,14 @@ class CheckpointRef:
 class Checkpointer:
   """Periodic, asynchronous saves of (state, meta) under `directory`, keeping the last N."""
 
-  def __init__(self, directory: str, *, every_steps: int, keep: int, meta: dict[str, Any],
-               compare: Sequence[str] | None = None):
+  def __init__(self, directory: str, *, every_steps: int, keep: int, meta: dict[str, Any]):
     """meta["identity"]: {field: value} a restored checkpoint must agree with (on the keys
-    both have, so older checkpoints with fewer fields still resume); `compare`: only the
-    identity keys with these prefixes (None: all)."""
+    both have, so older checkpoints with fewer fields still resume)."""
     self.directory = str(directory)
     self.every_steps = every_steps
     # JSON-normal (tuples become lists), so it compares equal to the meta a restore reads.
     self.meta = json.loads(json.dumps(meta))
     self.restored_meta: dict[str, Any] | None = None
-    self._compare = compare
     self._saving = None  # the step of the newest save started
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, cleanup_tmp_directories=True,
@@ -146,8 +150,7 @@ class Checkpointer:
   def _check_same_run(self, saved: dict[str, Any]) -> None:
     """CheckpointError naming each identity field whose value this run changes."""
     theirs, mine = _identity(saved), self.meta.get("identity", {})
-    differ = sorted(k for k in set(theirs) & set(mine) if theirs[k] != mine[k]
-                    and (self._compare is None or k.startswith(tuple(self._compare))))
+    differ = sorted(k for k in set(theirs) & set(mine) if theirs[k] != mine[k])
     if differ:
       show = lambda values: ", ".join(f"{k}={_plain(values[k])}" for k in differ)
       raise CheckpointError(

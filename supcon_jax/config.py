@@ -12,7 +12,8 @@ import os
 
 import ml_collections
 
-from supcon_jax import augment, data, evaluate, losses, methods, models, momentum, optim
+from supcon_jax import augment, corruptions, data, evaluate, losses, methods, models, momentum
+from supcon_jax import optim, robustness
 from supcon_jax.models import chunked
 from supcon_jax.checks import one_of
 
@@ -22,8 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.method = "supcon"  # supcon | simclr (labels unused) | ce (cross-entropy baseline); methods.py
   c.stage = "all"  # all | pretrain | linear (linear evaluation of a trained encoder)
-  c.pretrain_workdir = ""  # stage=linear: take the encoder from here ("" = this workdir)
-  c.pretrain_step = 0  # stage=linear: that checkpoint of the encoder (0 = the newest)
+
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "arrays"  # tfds | folder | arrays
@@ -103,6 +103,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.trust_coefficient = 0.001
 
   c.linear = ml_collections.ConfigDict()  # linear evaluation on the frozen representation
+  # stage=linear: the encoder of this workdir ("" = the run's own): possibly trained on
+  # another dataset (transfer: other classes, image size), its newest checkpoint or this step.
+  c.linear.encoder_workdir = ""
+  c.linear.encoder_step = 0
   c.linear.epochs = 10.0
   c.linear.batch_size = 256
   c.linear.augment = "cropflip"  # cropflip | none
@@ -120,6 +124,14 @@ def base_config() -> ml_collections.ConfigDict:
   # Every N epochs of training, evaluate on the eval split: kNN top-1 on r for every method,
   # and the model's own classifier for methods that have one (ce). 0 = off.
   c.eval_every_epochs = 0
+  # Corruption robustness (robustness.py): top-1 under each corruption at each severity, and
+  # the corruption errors against a baseline run. Also --config.stage=robustness on a
+  # finished workdir.
+  c.robustness = ml_collections.ConfigDict()
+  c.robustness.enabled = False  # stage=all: score the trained classifier on corrupted images
+  c.robustness.corruptions = ()  # empty: all available (TFDS's copy, or corruptions.py's ten)
+  c.robustness.severities = (1, 2, 3, 4, 5)
+  c.robustness.baseline_workdir = ""  # the run mCE is relative to (a multi-method run: ce)
   c.knn = ml_collections.ConfigDict()  # the weighted cosine kNN classifier on r
   c.knn.k = 20
   c.knn.temperature = 0.1
@@ -131,6 +143,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.time_reserve_s = 60.0
 
   c.log_every_steps = 50
+  # TensorBoard events beside metrics.jsonl (clu's writer, which needs TensorFlow). False:
+  # metrics.jsonl only, and a run on in-memory arrays never imports TensorFlow (~5 s).
+  c.tensorboard = True
   c.checkpoint_every_steps = 1_000
   c.keep_checkpoints = 3
   c.skip_nonfinite = False  # True: skip steps with a non-finite loss/gradient and count them
@@ -223,6 +238,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
                        "momentum encoder is for the contrastive methods")
   if c.moco.enabled:
     momentum.check_config(c)
+  for s in c.robustness.severities:
+    one_of("config.robustness.severities: severity", s, corruptions.SEVERITIES)
+  robustness.corruption_names(c)
 
 
 def load_config_file(path: str, arg: str = "") -> ml_collections.ConfigDict:

@@ -29,7 +29,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from supcon_jax import checkpoint
+from supcon_jax import checkpoint, report
 from supcon_jax.data import folder
 from supcon_jax.encoder import Encoder, load_encoder
 
@@ -155,8 +155,7 @@ def plot_neighbours(paths: Sequence[str], neighbours: np.ndarray, sims: np.ndarr
         spine.set_edgecolor(colour)
         spine.set_linewidth(3)
   fig.suptitle("nearest neighbours (cosine similarity)", fontsize=8)
-  fig.tight_layout()
-  fig.savefig(out, format="png")
+  report.save_png(fig, out)
   return out
 
 

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from supcon_jax import evaluate, methods, models
 from supcon_jax.data.base import EVAL_CROP
@@ -170,16 +171,19 @@ def resize_for_eval(images: jax.Array, size: int, host_resize: bool) -> jax.Arra
 
 
 def load_encoder(workdir: str, step: int | None = None) -> Encoder:
-  """The model trained in `workdir` (its newest checkpoint, or `step`), or an export's."""
+  """The model trained in `workdir` (its newest checkpoint, or `step`), or an export's.
+
+  `workdir` may be local or on a remote file system (gs://).
+  """
   workdir = os.fspath(workdir)
-  if not os.path.isdir(workdir):
+  path = epath.Path(workdir)
+  if not path.is_dir():
     raise FileNotFoundError(f"no such directory: {workdir}")
-  if os.path.exists(os.path.join(workdir, CONFIG)):
+  if (path / CONFIG).exists():
     return _from_workdir(workdir, step)
-  if os.path.exists(os.path.join(workdir, MODEL_CARD)):
+  if (path / MODEL_CARD).exists():
     return _from_export(workdir, step)
-  runs = sorted(e.name for e in os.scandir(workdir)
-                if e.is_dir() and os.path.exists(os.path.join(e.path, CONFIG)))
+  runs = sorted(p.name for p in path.iterdir() if (p / CONFIG).exists())
   if runs:
     raise ValueError(f"{workdir} holds the runs of several methods ({', '.join(runs)}); "
                      f"load one of them: {', '.join(os.path.join(workdir, r) for r in runs)}")
@@ -189,8 +193,7 @@ def load_encoder(workdir: str, step: int | None = None) -> Encoder:
 
 def read_config(path: str) -> ml_collections.ConfigDict:
   """The run's config from a JSON file (config.json), as a ConfigDict."""
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(epath.Path(path).read_text()))
 
 
 def abstract_variables(config: ml_collections.ConfigDict) -> Any:
@@ -209,7 +212,8 @@ def abstract_variables(config: ml_collections.ConfigDict) -> Any:
 
 def _from_workdir(workdir: str, step: int | None) -> Encoder:
   config = read_config(os.path.join(workdir, CONFIG))
-  directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS)  # orbax wants it absolute
+  # orbax wants an absolute path (gs:// ones already are)
+  directory = os.path.join(workdir if "://" in workdir else os.path.abspath(workdir), CHECKPOINTS)
   target = abstract_variables(config)
   # Read-only: no temporary directory is cleaned up under a run that may still be saving.
   options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,

@@ -18,11 +18,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from etils import epath
 from jax.experimental import multihost_utils
 
-from supcon_jax import augment, checkpoint, data, losses, methods, metrics, optim, sharding
-from supcon_jax import train
+from supcon_jax import augment, checkpoint, data, losses, methods, metrics, optim, report
+from supcon_jax import sharding, train
 from supcon_jax.models import heads
 
 LINEAR_POLICIES = ("cropflip", "none")  # config.linear.augment
@@ -128,30 +127,60 @@ def monitor(config: ml_collections.ConfigDict, method: methods.Method, model: An
   return evaluate_now
 
 
+Classify = Callable[[dict[str, np.ndarray]], np.ndarray]  # encode()'s outputs -> logits
+
+
+def own_classifier(out: dict[str, np.ndarray]) -> np.ndarray:
+  """The logits of a model with its own classifier (encode with outputs=("repr", "logits"))."""
+  return out["logits"]
+
+
+def _linear_state(config: ml_collections.ConfigDict, feat_dim: int, mesh: jax.sharding.Mesh,
+                  steps_per_epoch: int, total: int):
+  """(classifier, fresh state, optimiser, schedule) of the linear stage."""
+  lin = config.linear
+  classifier = heads.LinearClassifier(num_classes=config.data.num_classes)
+  rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)  # independent of pre-training
+  params = jax.jit(lambda r: classifier.init(r, jnp.zeros((1, feat_dim))),
+                   out_shardings=sharding.replicated(mesh))(rng)["params"]
+  tx, schedule = optim.make_optimizer(lin.optim, batch_size=lin.batch_size,
+                                      steps_per_epoch=steps_per_epoch, total_steps=total)
+  return classifier, train.create_state(params, {}, tx, mesh), tx, schedule
+
+
+def _linear_checkpointer(config: ml_collections.ConfigDict, workdir: str,
+                         encoder: TrainedEncoder, feat_dim: int
+                         ) -> tuple[str, checkpoint.Checkpointer]:
+  """(the stage's directory, its checkpointer), keyed by the encoder's step."""
+  stage_dir = os.path.join(workdir, "linear", str(encoder.checkpoint.step))
+  return stage_dir, checkpoint.Checkpointer(
+      os.path.join(stage_dir, "checkpoints"), every_steps=config.checkpoint_every_steps,
+      keep=config.keep_checkpoints,
+      meta={"identity": {"linear_on": feat_dim, "encoder": str(encoder.checkpoint)}})
+
+
+def _linear_logits(classifier: heads.LinearClassifier, params: Any) -> Classify:
+  params = jax.device_get(params)
+  return lambda out: np.asarray(classifier.apply({"params": params}, out["repr"]))
+
+
 def linear_evaluation(config: ml_collections.ConfigDict, encoder: TrainedEncoder,
                       train_source: Any, eval_out: dict[str, np.ndarray], *,
-                      mesh: jax.sharding.Mesh, workdir: str) -> dict[str, float]:
-  """Trains a linear classifier on the frozen r; linear_top1 / linear_top5 on the eval split.
+                      mesh: jax.sharding.Mesh,
+                      workdir: str) -> tuple[dict[str, float], Classify]:
+  """Trains a linear classifier on the frozen r: (linear_top1 / linear_top5 on the eval split,
+  the classifier's logits function).
 
   Its checkpoints and metrics live in `<workdir>/linear/<encoder step>/`, and its checkpoints
   record the encoder's, so a classifier is never resumed on another encoder.
   """
   lin = config.linear
-  classifier = heads.LinearClassifier(num_classes=config.data.num_classes)
   feat_dim = eval_out["repr"].shape[1]
   rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)  # independent of pre-training
-  params = jax.jit(lambda r: classifier.init(r, jnp.zeros((1, feat_dim))),
-                   out_shardings=sharding.replicated(mesh))(rng)["params"]
   steps_per_epoch = train_source.steps_per_epoch
   total = max(1, int(lin.epochs * steps_per_epoch))
-  tx, schedule = optim.make_optimizer(lin.optim, batch_size=lin.batch_size,
-                                      steps_per_epoch=steps_per_epoch, total_steps=total)
-  state = train.create_state(params, {}, tx, mesh)
-  stage_dir = os.path.join(workdir, "linear", str(encoder.checkpoint.step))
-  ckpt = checkpoint.Checkpointer(
-      os.path.join(stage_dir, "checkpoints"), every_steps=config.checkpoint_every_steps,
-      keep=config.keep_checkpoints,
-      meta={"identity": {"linear_on": feat_dim, "encoder": str(encoder.checkpoint)}})
+  classifier, state, tx, schedule = _linear_state(config, feat_dim, mesh, steps_per_epoch, total)
+  stage_dir, ckpt = _linear_checkpointer(config, workdir, encoder, feat_dim)
   state = train.resume(state, ckpt)
 
   def ce(params, r, labels):
@@ -175,13 +204,29 @@ def linear_evaluation(config: ml_collections.ConfigDict, encoder: TrainedEncoder
 
   loop = train.LoopSettings(name="linear", num_steps=total, steps_per_epoch=steps_per_epoch,
                             images_per_step=lin.batch_size, ckpt=ckpt,
-                            writer=metrics.Writer(stage_dir), log_every=config.log_every_steps,
+                            writer=metrics.Writer(stage_dir, tensorboard=config.tensorboard),
+                            log_every=config.log_every_steps,
                             skip_nonfinite=config.skip_nonfinite, schedule=schedule)
   with loop.writer:
     state = train.fit(loop, state, train.make_step(loss_fn, tx, mesh), batches, rng, *frozen)
   ckpt.close()
-  logits = classifier.apply({"params": jax.device_get(state.params)}, eval_out["repr"])
-  return {f"linear_{k}": v for k, v in top_k(logits, eval_out["label"]).items()}
+  classify = _linear_logits(classifier, state.params)
+  accuracy = top_k(classify(eval_out), eval_out["label"])
+  return {f"linear_{k}": v for k, v in accuracy.items()}, classify
+
+
+def restore_linear_classifier(config: ml_collections.ConfigDict, workdir: str,
+                              encoder: TrainedEncoder, feat_dim: int,
+                              mesh: jax.sharding.Mesh) -> Classify:
+  """The linear classifier trained on `encoder` in `workdir`, as a logits function."""
+  classifier, state, _, _ = _linear_state(config, feat_dim, mesh, 1, 1)
+  _, ckpt = _linear_checkpointer(config, workdir, encoder, feat_dim)
+  state = train.resume(state, ckpt)
+  ckpt.close()
+  if int(state.step) == 0:
+    raise FileNotFoundError(f"no linear classifier of encoder step {encoder.checkpoint.step} in "
+                            f"{ckpt.directory}: run --config.stage=all (or linear) first")
+  return _linear_logits(classifier, state.params)
 
 
 def _feature_batches(cache: dict[str, np.ndarray], batch_size: int, seed: int,
@@ -240,8 +285,6 @@ def plot_embedding(features: np.ndarray, labels: np.ndarray, path: str, *, title
   ax.set_title(f"{title or 'r'} ({how})")
   ax.set_xticks([])
   ax.set_yticks([])
-  fig.tight_layout()
-  with epath.Path(path).open("wb") as f:  # local or gs://
-    fig.savefig(f, format="png")
+  report.save_png(fig, path)
   logging.info("embedding picture: %s", path)
   return path

@@ -2,13 +2,18 @@
 
 What each method runs, by `config.stage` (the methods are the records of `methods.py`):
 
-  stage      supcon, simclr (evaluation: linear)     ce (evaluation: classifier)
-  all        train_encoder  -> linear_evaluation     train_encoder  -> classifier_evaluation
-  pretrain   train_encoder                           train_encoder
-  linear     restore_encoder -> linear_evaluation    restore_encoder -> linear_evaluation
+  stage       supcon, simclr (evaluation: linear)      ce (evaluation: classifier)
+  all         train_encoder  -> linear_evaluation      train_encoder  -> classifier_evaluation
+  pretrain    train_encoder                            train_encoder
+  linear      restore_encoder -> linear_evaluation     restore_encoder -> linear_evaluation
+  robustness  restore_encoder + its linear classifier  restore_encoder (own classifier)
+              -> robustness_evaluation                 -> robustness_evaluation
 
-Every evaluation also reports kNN top-1 on r and draws the embedding picture. `config.method`
-may list several methods ("supcon,ce"): each runs in `<workdir>/<method>`, then a table.
+`restore_encoder` may take the encoder of another workdir and dataset (`linear.encoder_workdir`:
+transfer). Every evaluation also reports kNN top-1 on r and draws the embedding picture; with
+`robustness.enabled`, stage all ends with the robustness evaluation too. `config.method` may
+list several methods ("supcon,ce"): each runs in `<workdir>/<method>`, then a table (and
+the cross-entropy run is the others' robustness baseline).
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ import jax
 import ml_collections
 from etils import epath
 
-from supcon_jax import budget, checkpoint, config as config_lib, data, evaluate
-from supcon_jax import methods, metrics, optim, report, sharding, train
+from supcon_jax import budget, checkpoint, config as config_lib, data, encoder as encoder_lib
+from supcon_jax import evaluate, methods, metrics, models, optim, report, robustness, sharding
+from supcon_jax import train
 from supcon_jax.data import Source
 from supcon_jax.evaluate import TrainedEncoder
 
@@ -33,15 +39,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   config_lib.validate(config)
   names = config_lib.method_names(config)
   if len(names) == 1:
-    return run_method(config, workdir)
+    result = run_method(config, workdir)
+    _print_tables({config.method: result})
+    return result
   results = {}
   for name in names:
     sub = ml_collections.ConfigDict(config.to_dict())
     sub.method = name
     results[name] = run_method(sub, os.path.join(workdir, name))
+  _compare_robustness(results, workdir)
   report.write_json(os.path.join(workdir, "results.json"), results)
-  print(report.results_table(results), flush=True)
+  _print_tables(results)
   return results
+
+
+def _print_tables(results: dict[str, dict[str, Any]]) -> None:
+  """The run's last lines on the console: its accuracies, and robustness where scored."""
+  if jax.process_index() != 0:
+    return
+  print(report.results_table(results), flush=True)
+  if any("robustness" in r for r in results.values()):
+    print(report.robustness_table(results), flush=True)
 
 
 def run_method(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -54,36 +72,88 @@ def run_method(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
   train_source = _source(config, "train", config.batch_size, mesh,
                          data.Crops(method.views(config), tuple(config.augment.crop_scale)))
   eval_source = _source(config, "eval", config.batch_size, mesh)
-  model = method.build_model(config.model, config.data.num_classes)
   results: dict[str, Any] = {"method": method.name, "stage": config.stage}
-  if config.stage == "linear":
-    encoder = restore_encoder(config, config.pretrain_workdir or workdir, model, train_source,
-                              mesh)
+  if config.stage in ("linear", "robustness"):
+    encoder_dir = (config.linear.encoder_workdir if config.stage == "linear" else "") or workdir
+    encoder, method = restore_encoder(config, encoder_dir, mesh)
   else:
+    model = method.build_model(config.model, config.data.num_classes)
     encoder, training = train_encoder(config, workdir, method, model, train_source,
                                       eval_source, mesh, started)
     results.update(training)
   results["encoder_steps"] = encoder.checkpoint.step
   if config.stage != "pretrain":
-    outputs = ("repr", "logits") if method.evaluation == methods.CLASSIFIER else ("repr",)
+    own = method.evaluation == methods.CLASSIFIER and config.stage != "linear"
+    outputs = ("repr", "logits") if own else ("repr",)
     eval_out = evaluate.encode(encoder, eval_source.eval_batches(),
                                evaluate.eval_transform(config), outputs=outputs)
-    if config.stage == "linear" or method.evaluation == methods.LINEAR:
-      results.update(evaluate.linear_evaluation(
-          config, encoder, _linear_source(config, train_source, mesh), eval_out, mesh=mesh,
-          workdir=workdir))
-    else:
+    if own:
+      classify = evaluate.own_classifier
       results.update(evaluate.classifier_evaluation(eval_out))
-    results["knn_top1"] = evaluate.knn_accuracy(config, encoder, train_source, eval_out)
-    if config.embedding_plot and jax.process_index() == 0:
-      evaluate.plot_embedding(eval_out["repr"], eval_out["label"],
-                              os.path.join(workdir, "embedding.png"),
-                              title=f"{method.name}: r on the eval split", seed=config.seed)
+    elif config.stage == "robustness":
+      classify = evaluate.restore_linear_classifier(config, workdir, encoder,
+                                                    eval_out["repr"].shape[1], mesh)
+    else:
+      accuracy, classify = evaluate.linear_evaluation(
+          config, encoder, _linear_source(config, train_source, mesh), eval_out, mesh=mesh,
+          workdir=workdir)
+      results.update(accuracy)
+    if config.stage != "robustness":
+      results["knn_top1"] = evaluate.knn_accuracy(config, encoder, train_source, eval_out)
+      if config.embedding_plot and jax.process_index() == 0:
+        evaluate.plot_embedding(eval_out["repr"], eval_out["label"],
+                                os.path.join(workdir, "embedding.png"),
+                                title=f"{method.name}: r on the eval split", seed=config.seed)
+    if config.stage == "robustness" or config.robustness.enabled:
+      results["robustness"] = robustness_evaluation(config, workdir, encoder, classify, outputs,
+                                                    eval_source, mesh)
   results["wall_time_s"] = time.time() - started
   if jax.process_index() == 0:
-    report.write_json(os.path.join(workdir, "results.json"), results)
-  logging.info("results: %s", results)
+    # A robustness stage adds its block to the finished run's results; the rest stays.
+    saved = ({**_previous_results(workdir), "robustness": results["robustness"]}
+             if config.stage == "robustness" else results)
+    report.write_json(os.path.join(workdir, "results.json"), saved)
+  logging.info("results: %s", results, extra={"console": False})  # the table is for people
   return results
+
+
+def robustness_evaluation(config: ml_collections.ConfigDict, workdir: str,
+                          encoder: TrainedEncoder, classify: evaluate.Classify,
+                          outputs: tuple[str, ...], eval_source: Source,
+                          mesh: jax.sharding.Mesh) -> dict[str, Any]:
+  """Top-1 under every corruption and severity; CE and mCE against the baseline run when
+  `robustness.baseline_workdir` names one; the severity curve and the corruption grid."""
+  result = robustness.evaluate_corruptions(config, encoder, classify, outputs, eval_source, mesh)
+  baseline = robustness.baseline_path(config, workdir)
+  if baseline:
+    result.update(robustness.corruption_errors(result, robustness.load_result(baseline)),
+                  baseline=baseline)
+  if jax.process_index() == 0:
+    robustness.plot_severity_curves({config.method: result},
+                                    os.path.join(workdir, "robustness.png"))
+    robustness.plot_corruption_grid(config, eval_source, mesh,
+                                    os.path.join(workdir, "corruptions.png"))
+  return result
+
+
+def _compare_robustness(results: dict[str, dict[str, Any]], workdir: str) -> None:
+  """In a multi-method run, each method's corruption errors against the ce run, and one
+  picture of every method's top-1 against severity."""
+  scored = {name: r["robustness"] for name, r in results.items() if "robustness" in r}
+  if not scored or jax.process_index() != 0:
+    return
+  if "ce" in scored:
+    for name, r in scored.items():
+      if name != "ce" and "baseline" not in r:
+        r.update(robustness.corruption_errors(r, scored["ce"]), baseline="ce")
+        report.write_json(os.path.join(workdir, name, "results.json"), results[name])
+  robustness.plot_severity_curves(scored, os.path.join(workdir, "robustness.png"))
+
+
+def _previous_results(workdir: str) -> dict[str, Any]:
+  """The results.json a finished run left, which a robustness stage adds to."""
+  path = epath.Path(workdir) / "results.json"
+  return report.load_run(workdir)[0] if path.exists() else {}
 
 
 def train_encoder(config: ml_collections.ConfigDict, workdir: str, method: methods.Method,
@@ -116,7 +186,8 @@ def train_encoder(config: ml_collections.ConfigDict, workdir: str, method: metho
   views = method.views(config)
   loop = train.LoopSettings(
       name=method.name, num_steps=total, steps_per_epoch=steps_per_epoch,
-      images_per_step=config.batch_size * views, ckpt=ckpt, writer=metrics.Writer(workdir),
+      images_per_step=config.batch_size * views, ckpt=ckpt,
+      writer=metrics.Writer(workdir, tensorboard=config.tensorboard),
       log_every=config.log_every_steps, skip_nonfinite=config.skip_nonfinite, schedule=schedule,
       every_epoch=evaluate.monitor(config, method, model, train_source, eval_source),
       started=started)
@@ -162,34 +233,38 @@ def _record_schedule(config, ckpt: checkpoint.Checkpointer, epochs: float,
   ckpt.set_meta(schedule={"epochs": epochs, **plan})
 
 
-def restore_encoder(config: ml_collections.ConfigDict, workdir: str, model: Any,
-                    train_source: Source, mesh: jax.sharding.Mesh) -> TrainedEncoder:
-  """The model trained in `workdir`: its newest checkpoint, or `config.pretrain_step`."""
-  tx, _ = optim.make_optimizer(config.optim, batch_size=config.batch_size,
-                               steps_per_epoch=train_source.steps_per_epoch, total_steps=1)
-  state = _fresh_state(config, methods.get(config.method), model, train_source, tx, mesh)
-  # Only what restoring depends on must match: the linear stage may train on other data.
-  ckpt = _encoder_checkpointer(config, workdir, compare=("model.", "method"))
-  state = train.resume(state, ckpt, step=config.pretrain_step or None)
-  ckpt.close()
-  if int(state.step) == 0:
-    raise FileNotFoundError(f"stage=linear needs a trained encoder; no checkpoint in "
-                            f"{ckpt.directory}")
-  return TrainedEncoder(model.apply, _variables(state),
-                        checkpoint.CheckpointRef(ckpt.directory, int(state.step)))
+def restore_encoder(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh
+                    ) -> tuple[TrainedEncoder, methods.Method]:
+  """The model trained in `workdir` (its newest checkpoint, or `linear.encoder_step`), and its
+  method. It is rebuilt from that run's own config, so it may come from another dataset
+  (other classes, image size): transfer."""
+  trained = encoder_lib.load_encoder(workdir, step=config.linear.encoder_step or None)
+  stem = trained.config.model.stem
+  if config.data.image_size < models.resnet.MIN_IMAGE_SIZE[stem]:
+    raise ValueError(
+        f"config.data.image_size={config.data.image_size} cannot feed the encoder of "
+        f"{workdir}: its {stem} stem needs images of at least "
+        f"{models.resnet.MIN_IMAGE_SIZE[stem]} pixels a side")
+  # `source` is the checkpoint step's directory (<workdir>/checkpoints/<step>) or an export.
+  directory = (os.path.dirname(trained.source)
+               if os.path.basename(os.path.dirname(trained.source)) == "checkpoints"
+               else trained.source)
+  return TrainedEncoder(trained.model.apply, sharding.replicate(trained.variables, mesh),
+                        checkpoint.CheckpointRef(directory, trained.step)), trained.method
 
 
 def _fresh_state(config, method, model, train_source, tx, mesh) -> train.TrainState:
+  """The initial train state: the model's variables, the optimiser's and (moco) the queue's."""
   params, batch_stats = train.init_model(model, config.seed, train_source.image_shape, mesh)
   return train.create_state(params, batch_stats, tx, mesh,
                             momentum=method.initial_momentum(config, params, batch_stats))
 
 
-def _encoder_checkpointer(config, workdir: str, compare=None) -> checkpoint.Checkpointer:
+def _encoder_checkpointer(config, workdir: str) -> checkpoint.Checkpointer:
   return checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  every_steps=config.checkpoint_every_steps,
                                  keep=config.keep_checkpoints,
-                                 meta={"identity": config_lib.identity(config)}, compare=compare)
+                                 meta={"identity": config_lib.identity(config)})
 
 
 def _variables(state: train.TrainState) -> dict[str, Any]:

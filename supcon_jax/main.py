@@ -1,7 +1,8 @@
 """Command line: `python -m supcon_jax.main --config=configs/X.py --workdir=DIR`.
 
 Any config field can be overridden with `--config.<field>=<value>`; a misspelt field is
-an error. Only flag parsing lives here; the work is `experiment.train_and_evaluate`.
+an error. Only flag parsing lives here; the work is `experiment.train_and_evaluate`, and
+what reaches the console (short lines; every record in `<workdir>/log.txt`) is console.py's.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from supcon_jax import checkpoint, config as config_lib, experiment, train
+from supcon_jax import checkpoint, config as config_lib, console, experiment, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl, TensorBoard events and "
@@ -27,6 +28,8 @@ flags.DEFINE_string("coordinator_address", None, "With --distributed: host:port 
 flags.DEFINE_integer("num_processes", None, "With --distributed: the number of processes.")
 flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.")
 flags.DEFINE_bool("dry_run", False, "Check and print the resolved config, then exit.")
+flags.DEFINE_bool("verbose", False, "Every log record of every library on the console, in "
+                  "absl's format (they always go to <workdir>/log.txt).")
 config_flags.DEFINE_config_file("config", None, "A config file with get_config().",
                                  lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
@@ -39,6 +42,7 @@ def main(argv: list[str]) -> None:
   """Validates the config, starts the processes' runtime, and runs the experiment."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  console.setup(FLAGS.verbose)
   config = FLAGS.config
   try:
     config_lib.validate(config)
@@ -49,23 +53,34 @@ def main(argv: list[str]) -> None:
     if FLAGS.distributed:
       jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                  FLAGS.process_id)
-    logging.info("JAX %s, %d processes, devices: %s", jax.__version__, jax.process_count(),
-                 jax.devices())
+    console.start(FLAGS.workdir, jax.process_index(), verbose=FLAGS.verbose,
+                  tensorflow=config.tensorboard or config.data.source != "arrays")
+    logging.info("%s", console.config_diff(config, config_lib.base_config()))
+    processes, devices = jax.process_count(), jax.device_count()
+    logging.info("JAX %s, %d process%s, %d %s device%s", jax.__version__, processes,
+                 "" if processes == 1 else "es", devices, jax.devices()[0].platform,
+                 "" if devices == 1 else "s")
     experiment.train_and_evaluate(config, FLAGS.workdir)
   except train.Preempted as e:
     logging.warning("%s", e)  # exit 0: the scheduler restarts the job, which resumes
   except _USER_ERRORS as e:
-    logging.error("%s: %s", type(e).__name__, e)
+    # For log.txt; the console gets _fail's line.
+    logging.error("%s: %s", type(e).__name__, e, extra={"console": False})
     _fail(str(e))
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with a bad flag or `--config.` override reported in one line."""
+  """absl's flag parsing, with a bad flag, config file or `--config.` override in one line."""
   try:
     return FLAGS(argv)
-  except flags.Error as e:
-    _fail(str(e))
-  except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+  except Exception as e:  # noqa: BLE001  a config file's code can raise anything
+    in_file = console.config_file_error(e)
+    if in_file:
+      _fail(in_file)
+    if isinstance(e, flags.Error):
+      _fail(str(e))
+    if not isinstance(e, (AttributeError, KeyError, TypeError, ValueError, OSError)):
+      raise
     # ml_collections reports an unknown field as a KeyError (with a did-you-mean hint)
     # wrapped in an AttributeError.
     while isinstance(e, AttributeError) and isinstance(e.__context__, KeyError):
@@ -78,7 +93,8 @@ def _fail(message: str) -> None:
   """One line on stderr, exit code 1: the message of a user error, not a traceback.
 
   It is the last line: after a failed save, orbax's background writers are still printing
-  their own tracebacks, so they are silenced first and the process ends at once.
+  their own tracebacks, so they are silenced first and the process ends at once (which also
+  drops the records console.py holds back: a run refused at start-up writes no log.txt).
   """
   sys.stdout.flush()
   std_logging.disable(std_logging.CRITICAL)

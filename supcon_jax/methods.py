@@ -23,10 +23,13 @@ from supcon_jax.checks import one_of
 from supcon_jax.train import LossFn
 
 # The stages `experiment.py` implements (config.stage):
-#   all       train the encoder, then evaluate it as the method says (Method.evaluation)
-#   pretrain  train the encoder only
-#   linear    restore a trained encoder, then a linear classifier on its frozen r
-STAGES = ("all", "pretrain", "linear")
+#   all         train the encoder, then evaluate it as the method says (Method.evaluation)
+#   pretrain    train the encoder only
+#   linear      restore a trained encoder (maybe of another dataset), then a linear
+#               classifier on its frozen r
+#   robustness  restore a finished run's encoder and classifier, then score them on
+#               corrupted evaluation images
+STAGES = ("all", "pretrain", "linear", "robustness")
 # How stage "all" evaluates a trained model:
 LINEAR = "linear"  # a linear classifier trained on the frozen representation r
 CLASSIFIER = "classifier"  # the model's own classifier, trained with it

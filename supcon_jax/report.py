@@ -6,6 +6,12 @@
 prints the results table and writes `<out>_curves.png` (validation top-1 against wall time:
 the kNN monitor, or the classifier's for methods that have one, with the final top-1 marked)
 and `<out>_embeddings.png` (each run's embedding.png side by side).
+
+  python -m supcon_jax.report --readme
+
+rewrites the README's demo table from `docs/results/digits.json` (the results.json of
+`python -m supcon_jax.main --config=configs/digits.py --workdir=W`, copied from W), so the
+README's figures are a run's, never typed.
 """
 
 from __future__ import annotations
@@ -15,9 +21,30 @@ import json
 import os
 from typing import Any, Sequence
 
+import numpy as np
 from etils import epath
 
 from supcon_jax import methods
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout
+README = os.path.join(_ROOT, "README.md")
+DEMO_RESULTS = os.path.join(_ROOT, "docs", "results", "digits.json")
+# The README's generated part lies between these lines.
+BEGIN = "<!-- digits-demo: begin (python -m supcon_jax.report --readme writes this part) -->"
+END = "<!-- digits-demo: end -->"
+
+
+def save_png(fig: Any, path: str) -> None:
+  """A matplotlib figure, laid out, as a PNG at `path` (local or gs://)."""
+  fig.tight_layout()
+  with epath.Path(path).open("wb") as f:
+    fig.savefig(f, format="png")
+
+
+def severity_means(block: dict[str, Any]) -> list[float]:
+  """Top-1 at each severity of a results.json `robustness` block, averaged over corruptions."""
+  return [float(np.mean([row[str(s)] for row in block["top1"].values()]))
+          for s in block["severities"]]
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -81,6 +108,46 @@ def results_table(results: dict[str, dict[str, Any]]) -> str:
                          "wall time (s)", "epochs", "images/s"], rows)
 
 
+def robustness_table(results: dict[str, dict[str, Any]]) -> str:
+  """A Markdown table of the runs' corruption robustness (results.json's `robustness`): clean
+  top-1, top-1 under corruption averaged over the corruptions at each severity and over all,
+  and mCE / relative mCE where the run has a baseline."""
+  scored = {name: r["robustness"] for name, r in results.items() if "robustness" in r}
+  severities = sorted({s for r in scored.values() for s in r["severities"]})
+  rows = []
+  for name, r in scored.items():
+    means = dict(zip(r["severities"], severity_means(r)))
+    at = [means.get(s, float("nan")) for s in severities]
+    rows.append([name, f"{r['clean_top1']:.2f}", *(f"{v:.2f}" for v in at),
+                 f"{r['mean_top1']:.2f}", f"{r.get('mce', float('nan')):.1f}",
+                 f"{r.get('relative_mce', float('nan')):.1f}", r.get("baseline", "")])
+  return markdown_table(["method", "clean top-1", *(f"severity {s}" for s in severities),
+                         "corrupted top-1", "mCE", "relative mCE", "baseline"], rows)
+
+
+def render_readme(readme: str, results: dict[str, dict[str, Any]]) -> str:
+  """`readme` with its part between `BEGIN` and `END` rewritten: the table of `results`."""
+  head, begin, rest = readme.partition(BEGIN)
+  _, end, tail = rest.partition(END)
+  if not (begin and end):
+    raise ValueError(f"the README has no part between {BEGIN} and {END}")
+  tables = [results_table(results)]
+  if any("robustness" in r for r in results.values()):
+    tables.append("Under corruption (top-1 in %; mCE and relative mCE against the baseline, "
+                  "in %, lower is better):\n\n" + robustness_table(results))
+  return f"{head}{BEGIN}\n" + "\n\n".join(tables) + f"\n{END}{tail}"
+
+
+def write_readme(readme: str = README, results: str = DEMO_RESULTS) -> None:
+  """Rewrites the generated part of the file `readme` from the results.json `results`."""
+  with open(results, encoding="utf-8") as f:
+    table = json.load(f)
+  with open(readme, encoding="utf-8") as f:
+    text = f.read()
+  with open(readme, "w", encoding="utf-8") as f:
+    f.write(render_readme(text, table))
+
+
 # The validation curve of a run, by preference: its own classifier (older runs: eval_top1),
 # else the kNN monitor.
 _CURVES = {"classifier_top1": "classifier", "eval_top1": "classifier", "knn_top1": "kNN"}
@@ -104,9 +171,7 @@ def plot_curves(runs: dict[str, str], path: str) -> None:
   ax.set_ylabel("validation top-1 (%)")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  with epath.Path(path).open("wb") as f:
-    fig.savefig(f, format="png")
+  save_png(fig, path)
 
 
 def plot_embeddings(runs: dict[str, str], path: str) -> None:
@@ -120,18 +185,26 @@ def plot_embeddings(runs: dict[str, str], path: str) -> None:
       ax.imshow(matplotlib.image.imread(f, format="png"))
     ax.set_axis_off()
     ax.set_title(name)
-  fig.tight_layout()
-  with epath.Path(path).open("wb") as f:
-    fig.savefig(f, format="png")
+  save_png(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:
-  """The command line: a table and pictures comparing finished runs."""
+  """The command line: a table and pictures comparing finished runs, or the README's table."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--run", action="append", required=True, metavar="NAME=WORKDIR")
-  parser.add_argument("--out", required=True, help="prefix of the PNG files")
+  parser.add_argument("--run", action="append", metavar="NAME=WORKDIR")
+  parser.add_argument("--out", help="prefix of the PNG files")
   parser.add_argument("--embeddings", default="", help="comma list of runs to show side by side")
+  parser.add_argument("--readme", nargs="?", const=README, metavar="README",
+                      help=f"rewrite the demo table of README (default {README}) from "
+                           "--results instead")
+  parser.add_argument("--results", default=DEMO_RESULTS, help="with --readme: a results.json")
   args = parser.parse_args(argv)
+  if args.readme:
+    write_readme(args.readme, args.results)
+    print(f"wrote the demo table of {args.readme} from {args.results}")
+    return
+  if not (args.run and args.out):
+    parser.error("--run and --out are required (or --readme)")
   runs = dict(item.split("=", 1) for item in args.run)
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   print(results_table({name: load_run(workdir)[0] for name, workdir in runs.items()}))

@@ -1,7 +1,7 @@
 """load_encoder, the embed and export commands, on tiny models trained once for the module.
 
 The reference for every embedding is the project's own evaluation path: the whole TrainState
-restored by `experiment.restore_encoder` and run by `evaluate.encode` (or the model's apply).
+restored by the trainer's checkpointer and run by `evaluate.encode` (or the model's apply).
 """
 
 import json
@@ -15,34 +15,37 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from supcon_jax import data, evaluate, experiment, methods, sharding
+from supcon_jax import checkpoint, data, evaluate, methods, optim, sharding, train
 from supcon_jax import embed, encoder as encoder_lib, export
 from supcon_jax.data import folder
-from tests.test_experiment import tiny_config
 
 METHODS = ("supcon", "ce")  # a contrastive method (with z) and one with a classifier
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-  """A "supcon,ce" pre-training workdir: <root>/<method> each with checkpoints 2 and 4."""
-  root = str(tmp_path_factory.mktemp("runs"))
-  config = tiny_config(",".join(METHODS))
-  config.stage = "pretrain"
-  config.epochs = 4 / 22  # 4 steps, a checkpoint every 2
-  experiment.train_and_evaluate(config, root)
-  return root
+def runs(tiny_runs):
+  """The session's tiny runs (conftest): <root>/<method>, each with checkpoints 2 and 4."""
+  return str(tiny_runs[0])
 
 
 def _reference(workdir: str, step: int):
-  """The model of `workdir` at `step` as the linear stage restores it (the whole state)."""
+  """The model of `workdir` at `step`, from its whole train state restored through the
+  trainer's own checkpointer (not load_encoder's partial restore)."""
   config = encoder_lib.read_config(os.path.join(workdir, "config.json"))
-  config.pretrain_step = step
   mesh = sharding.make_mesh()
-  model = methods.get(config.method).build_model(config.model, config.data.num_classes)
-  source = data.make_source(config.data, split="eval", global_batch=config.batch_size,
-                            mesh=mesh, seed=config.seed)
-  return config, experiment.restore_encoder(config, workdir, model, source, mesh)
+  method = methods.get(config.method)
+  model = method.build_model(config.model, config.data.num_classes)
+  params, stats = train.init_model(model, 0, (config.data.image_size,) * 2 + (3,), mesh)
+  tx, _ = optim.make_optimizer(config.optim, batch_size=config.batch_size, steps_per_epoch=1,
+                               total_steps=1)
+  state = train.create_state(params, stats, tx, mesh)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=1, keep=9,
+                                 meta={})
+  state = train.resume(state, ckpt, step=step)
+  ckpt.close()
+  return config, evaluate.TrainedEncoder(
+      model.apply, {"params": state.params, "batch_stats": state.batch_stats},
+      checkpoint.CheckpointRef(ckpt.directory, int(state.step)))
 
 
 def _resize(images: np.ndarray, size: int) -> np.ndarray:
@@ -129,7 +132,7 @@ def test_errors_name_the_problem(runs, tmp_path):
     encoder_lib.load_encoder(missing)
   with pytest.raises(FileNotFoundError, match=f"{tmp_path} is neither a training workdir"):
     encoder_lib.load_encoder(str(tmp_path))
-  with pytest.raises(ValueError, match="several methods \\(ce, supcon\\)"):
+  with pytest.raises(ValueError, match="several methods \\(ce, simclr, supcon\\)"):
     encoder_lib.load_encoder(runs)
   workdir = os.path.join(runs, "supcon")
   with pytest.raises(FileNotFoundError, match=r"no checkpoint 3 in .*checkpoints; it has \[2, 4\]"):

@@ -87,7 +87,7 @@ def test_linear_evaluation_learns_and_leaves_the_encoder_bitwise_alone(tmp_path,
   held = data.ArraySource.from_arrays(*_colour_classes(8, seed=1), num_classes=4,
                                       global_batch=32, mesh=mesh)
   eval_out = evaluate.encode(encoder, held.eval_batches(), evaluate.eval_transform(c))
-  result = evaluate.linear_evaluation(c, encoder, train_source, eval_out, mesh=mesh,
+  result, _ = evaluate.linear_evaluation(c, encoder, train_source, eval_out, mesh=mesh,
                                       workdir=str(tmp_path))
   assert result["linear_top1"] >= 90.0, result  # chance: 25%
   after = jax.device_get(encoder.variables)

@@ -32,3 +32,53 @@ def test_report_table_and_pictures(tmp_path, capsys):
   assert "| ce | classifier | 92.00 |" in printed
   for suffix in ("_curves.png", "_embeddings.png"):
     assert (tmp_path / "docs" / f"cmp{suffix}").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_readme_demo_table_is_what_the_committed_results_make():
+  with open(report.README, encoding="utf-8") as f:
+    readme = f.read()
+  with open(report.DEMO_RESULTS, encoding="utf-8") as f:
+    results = json.load(f)
+  assert set(results) == {"supcon", "ce"}, "docs/results/digits.json: the demo's results.json"
+  assert report.render_readme(readme, results) == readme, (
+      "README.md's demo table is not docs/results/digits.json's: run "
+      "python -m supcon_jax.report --readme")
+
+
+def test_readme_command_rewrites_only_the_generated_part(tmp_path, capsys):
+  readme = tmp_path / "README.md"
+  results = tmp_path / "digits.json"
+  results.write_text(json.dumps({"supcon": {"method": "supcon", "linear_top1": 98.33,
+                                            "linear_top5": 100.0, "knn_top1": 98.05,
+                                            "wall_time_s": 131.2, "epochs": 20.0,
+                                            "images_per_sec": 443.4}}))
+  readme.write_text(f"# Title\n\nBefore.\n\n{report.BEGIN}\n| a typed, stale table |\n"
+                    f"{report.END}\n\nAfter.\n")
+  report.main(["--readme", str(readme), "--results", str(results)])
+  assert "wrote the demo table" in capsys.readouterr().out
+  assert readme.read_text() == (
+      f"# Title\n\nBefore.\n\n{report.BEGIN}\n"
+      "| method | evaluation | top-1 | top-5 | kNN top-1 | wall time (s) | epochs | images/s |\n"
+      "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
+      f"| supcon | linear | 98.33 | 100.00 | 98.05 | 131 | 20 | 443 |\n{report.END}\n\nAfter.\n")
+
+
+def test_robustness_table_averages_each_severity_over_the_corruptions():
+  def block(top1, **errors):
+    return {"clean_top1": 90.0, "severities": [1, 5], "top1": top1,
+            "mean_top1": float(np.mean([v for row in top1.values() for v in row.values()])),
+            **errors}
+  results = {
+      "ce": {"robustness": block({"fog": {"1": 80.0, "5": 40.0},
+                                  "contrast": {"1": 70.0, "5": 20.0}})},
+      "supcon": {"robustness": block({"fog": {"1": 84.0, "5": 50.0},
+                                      "contrast": {"1": 76.0, "5": 30.0}},
+                                     mce=81.3, relative_mce=77.5, baseline="ce")},
+      "simclr": {"linear_top1": 50.0},  # not scored: no row
+  }
+  table = report.robustness_table(results).splitlines()
+  assert table[0] == ("| method | clean top-1 | severity 1 | severity 5 | corrupted top-1 | mCE | "
+                      "relative mCE | baseline |")
+  assert table[2] == "| ce | 90.00 | 75.00 | 30.00 | 52.50 | nan | nan |  |"
+  assert table[3] == "| supcon | 90.00 | 80.00 | 40.00 | 60.00 | 81.3 | 77.5 | ce |"
+  assert len(table) == 4

@@ -108,6 +108,7 @@ def folder_files(data_config, split: str) -> FileList:
   if not data_config.eval_dir:
     raise ValueError("the folder source has no evaluation split: set data.eval_dir or "
                      "data.val_per_class > 0")
+  _warn_if_overlapping(data_config.train_dir, data_config.eval_dir)
   evaluation = list_images(data_config.eval_dir)
   if evaluation.classes != train.classes:
     only_eval = sorted(set(evaluation.classes) - set(train.classes))
@@ -116,6 +117,21 @@ def folder_files(data_config, split: str) -> FileList:
                      f"folder {data_config.train_dir}: only in eval {only_eval}, only in "
                      f"train {only_train}")
   return evaluation
+
+
+def _warn_if_overlapping(train_dir: str, eval_dir: str) -> None:
+  """A warning naming both folders when evaluation images are (or may be) training images."""
+  train, evaluation = os.path.realpath(train_dir), os.path.realpath(eval_dir)
+  if train == evaluation:
+    how = "is the same folder as"
+  elif os.path.commonpath([train, evaluation]) == train:
+    how = "is inside"
+  elif os.path.commonpath([train, evaluation]) == evaluation:
+    how = "contains"
+  else:
+    return
+  logging.warning("data.eval_dir %s %s data.train_dir %s: the evaluation may score images "
+                  "the model trained on", eval_dir, how, train_dir)
 
 
 def exif_orientation(path: bytes | str) -> np.int64:

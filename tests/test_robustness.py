@@ -1,0 +1,166 @@
+"""Corruption robustness as a stage, the corruption errors of Hendrycks & Dietterich, and
+linear evaluation transferred to another dataset."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from supcon_jax import config as config_lib, experiment, robustness
+from tests.test_experiment import tiny_config
+
+# What conftest's tiny runs were scored on.
+CORRUPTIONS, SEVERITIES = ("gaussian_noise", "contrast"), (1, 5)
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_runs):
+  """The session's tiny runs (conftest), each scored on two corruptions at two severities."""
+  return tiny_runs
+
+
+def test_every_method_gets_its_robustness_block_and_pictures(runs):
+  root, results = runs
+  for method in ("supcon", "simclr", "ce"):
+    r = results[method]["robustness"]
+    assert set(r["top1"]) == set(CORRUPTIONS) and r["severities"] == list(SEVERITIES)
+    table = [v for row in r["top1"].values() for v in row.values()]
+    assert all(0 <= v <= 100 for v in table) and r["mean_top1"] == pytest.approx(np.mean(table))
+    assert 0 <= r["clean_top1"] <= 100
+    saved = json.loads((root / method / "results.json").read_text())["robustness"]
+    assert saved["top1"] == r["top1"]
+    for picture in ("robustness.png", "corruptions.png"):
+      assert (root / method / picture).read_bytes()[:4] == b"\x89PNG"
+  assert (root / "robustness.png").read_bytes()[:4] == b"\x89PNG"  # every method in one
+
+
+def test_the_cross_entropy_run_is_the_baseline_of_the_others(runs):
+  root, results = runs
+  ours, base = results["supcon"]["robustness"], results["ce"]["robustness"]
+  assert ours["baseline"] == "ce" and "mce" not in base
+  for c in CORRUPTIONS:  # Hendrycks & Dietterich's definitions, written out
+    err = [100 - ours["top1"][c][str(s)] for s in SEVERITIES]
+    err_base = [100 - base["top1"][c][str(s)] for s in SEVERITIES]
+    assert ours["corruption_error"][c] == pytest.approx(100 * sum(err) / sum(err_base))
+    drop = sum(e - (100 - ours["clean_top1"]) for e in err)
+    drop_base = sum(e - (100 - base["clean_top1"]) for e in err_base)
+    if drop_base > 0:
+      assert ours["relative_corruption_error"][c] == pytest.approx(100 * drop / drop_base)
+    else:  # the baseline is not hurt by c: undefined
+      assert np.isnan(ours["relative_corruption_error"][c])
+  assert ours["mce"] == pytest.approx(np.mean([ours["corruption_error"][c] for c in CORRUPTIONS]))
+  on_disk = json.loads((root / "results.json").read_text())["supcon"]["robustness"]
+  assert on_disk["mce"] == pytest.approx(ours["mce"])
+
+
+def test_corruption_errors_against_a_baseline_by_hand():
+  ours = {"clean_top1": 90.0, "top1": {"fog": {"1": 80.0, "2": 70.0}, "snow": {"1": 60.0}}}
+  base = {"clean_top1": 80.0, "top1": {"fog": {"1": 60.0, "2": 50.0}, "pixelate": {"1": 1.0}}}
+  got = robustness.corruption_errors(ours, base)
+  assert got["corruption_error"] == {"fog": pytest.approx(100 * (20 + 30) / (40 + 50))}
+  assert got["relative_corruption_error"]["fog"] == pytest.approx(100 * (10 + 20) / (20 + 30))
+  assert got["mce"] == got["corruption_error"]["fog"] and got["mce_over"] == ["fog"]
+  assert got["relative_mce"] == got["relative_corruption_error"]["fog"]
+  # A corruption that does not hurt the baseline has no relative CE; the mean skips it.
+  ours["top1"]["snow"], base["top1"]["snow"] = {"1": 70.0}, {"1": 85.0}
+  got = robustness.corruption_errors(ours, base)
+  assert np.isnan(got["relative_corruption_error"]["snow"])
+  assert got["relative_mce_over"] == ["fog"] and got["mce_over"] == ["fog", "snow"]
+  assert got["relative_mce"] == pytest.approx(100 * (10 + 20) / (20 + 30))
+  with pytest.raises(ValueError, match="share no corruption"):
+    robustness.corruption_errors(ours, {"clean_top1": 1.0, "top1": {"zoom_blur": {}}})
+
+
+def test_robustness_stage_on_a_finished_workdir_gives_the_same_numbers(runs):
+  root, results = runs
+  config = tiny_config("supcon")
+  config.stage = "robustness"
+  config.robustness.update(corruptions=CORRUPTIONS, severities=SEVERITIES,
+                           baseline_workdir=str(root / "ce"))
+  again = experiment.train_and_evaluate(config, str(root / "supcon"))["robustness"]
+  first = results["supcon"]["robustness"]
+  assert again["top1"] == first["top1"] and again["clean_top1"] == first["clean_top1"]
+  assert again["mce"] == pytest.approx(first["mce"])
+  saved = json.loads((root / "supcon" / "results.json").read_text())
+  assert saved["linear_top1"] == results["supcon"]["linear_top1"]  # the rest is kept
+  config.robustness.baseline_workdir = str(root / "nowhere")
+  with pytest.raises(FileNotFoundError):
+    experiment.train_and_evaluate(config, str(root / "supcon"))
+
+
+def _colour_folder(root, size=16):
+  """Another dataset: four colour classes (not digits) at another image size."""
+  rng = np.random.default_rng(0)
+  colours = [(0, 0, 0), (220, 0, 0), (0, 220, 0), (0, 0, 220)]
+  for c, colour in enumerate(colours):
+    (root / f"colour{c}").mkdir(parents=True)
+    for i in range(24):
+      pixels = np.clip(np.array(colour) + rng.integers(0, 35, (size, size, 3)), 0, 255)
+      Image.fromarray(pixels.astype(np.uint8)).save(root / f"colour{c}" / f"{i}.png")
+  return root
+
+
+def test_linear_evaluation_transfers_to_another_dataset(runs, tmp_path):
+  root, _ = runs
+  config = tiny_config("supcon")
+  config.stage = "linear"
+  config.linear.encoder_workdir = str(root / "supcon")
+  config.data.update(source="folder", train_dir=str(_colour_folder(tmp_path / "colours")),
+                     num_classes=4, image_size=16, val_per_class=8, in_memory=True)
+  config.batch_size = config.linear.batch_size = 32
+  config.linear.update(epochs=20.0, augment="none")
+  config.linear.optim.base_lr = 4.0  # x 32 / 256: 0.5
+  config_lib.validate(config)
+  result = experiment.train_and_evaluate(config, str(tmp_path / "transfer"))
+  assert result["encoder_steps"] == 4 and result["linear_top1"] > 50.0  # chance: 25%
+  # An encoder with the ImageNet stem (it needs 32 pixels a side): 16 cannot feed it.
+  imagenet = tiny_config("supcon")
+  imagenet.update_from_flattened_dict({"stage": "pretrain", "model.stem": "imagenet",
+                                       "data.image_size": 32, "model.width": 0.0625,
+                                       "epochs": 1 / 22, "augment.policy": "none"})
+  experiment.train_and_evaluate(imagenet, str(tmp_path / "imagenet_stem"))
+  config.linear.encoder_workdir = str(tmp_path / "imagenet_stem")
+  with pytest.raises(ValueError, match="image_size=16 cannot feed the encoder of .*at least 32"):
+    experiment.train_and_evaluate(config, str(tmp_path / "too_small"))
+  config.linear.encoder_workdir = str(tmp_path / "no_such_run")
+  with pytest.raises(FileNotFoundError, match="no_such_run"):
+    experiment.train_and_evaluate(config, str(tmp_path / "missing"))
+  config.linear.encoder_workdir, config.linear.encoder_step = str(root / "supcon"), 5
+  with pytest.raises(FileNotFoundError, match="5"):
+    experiment.train_and_evaluate(config, str(tmp_path / "missing_step"))
+
+
+def test_tfds_corrupted_datasets_are_read_through_the_tfds_source(monkeypatch):
+  import tensorflow_datasets as tfds
+  from supcon_jax import checkpoint, evaluate, sharding
+  config = config_lib.base_config()
+  config.data.update(source="tfds", name="cifar10", image_size=32)
+  config.batch_size = 16
+  config.robustness.update(corruptions=("gaussian_noise", "frost"), severities=(1, 3))
+  assert robustness.uses_tfds(config)
+  assert robustness.corruption_names(config) == ("gaussian_noise", "frost")
+  config.robustness.corruptions = ()
+  assert robustness.corruption_names(config) == robustness.BENCHMARK + robustness.EXTRA
+  config.robustness.corruptions = ("gaussian_noise", "frost")
+  mesh = sharding.make_mesh()
+  # A stand-in model: r is the mean colour, the logits its first two channels.
+  encoder = evaluate.TrainedEncoder(
+      lambda v, x, train: {"repr": x.mean(axis=(1, 2))}, {},
+      checkpoint.CheckpointRef("/x", 1))
+  seen, original = [], robustness.data.make_source
+
+  def make_source(data_config, **kwargs):
+    seen.append((data_config.name, data_config.eval_split))
+    return original(data_config, **kwargs)
+
+  monkeypatch.setattr(robustness.data, "make_source", make_source)
+  with tfds.testing.mock_data(num_examples=20):
+    eval_source = original(config.data, split="eval", global_batch=16, mesh=mesh, seed=0)
+    result = robustness.evaluate_corruptions(
+        config, encoder, lambda out: out["repr"][:, :2], ("repr",), eval_source, mesh)
+  assert seen == [("cifar10_corrupted/gaussian_noise_1", "test"),
+                  ("cifar10_corrupted/gaussian_noise_3", "test"),
+                  ("cifar10_corrupted/frost_1", "test"), ("cifar10_corrupted/frost_3", "test")]
+  assert set(result["top1"]) == {"gaussian_noise", "frost"}
+  assert all(0 <= v <= 100 for row in result["top1"].values() for v in row.values())
