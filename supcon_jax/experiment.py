@@ -74,7 +74,8 @@ def run_method(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
   eval_source = _source(config, "eval", config.batch_size, mesh)
   results: dict[str, Any] = {"method": method.name, "stage": config.stage}
   if config.stage in ("linear", "robustness"):
-    encoder_dir = (config.linear.encoder_workdir if config.stage == "linear" else "") or workdir
+    # A transfer run's linear classifier is here, its encoder in linear.encoder_workdir.
+    encoder_dir = config.linear.encoder_workdir or workdir
     encoder, method = restore_encoder(config, encoder_dir, mesh)
   else:
     model = method.build_model(config.model, config.data.num_classes)
@@ -153,7 +154,7 @@ def _compare_robustness(results: dict[str, dict[str, Any]], workdir: str) -> Non
 def _previous_results(workdir: str) -> dict[str, Any]:
   """The results.json a finished run left, which a robustness stage adds to."""
   path = epath.Path(workdir) / "results.json"
-  return report.load_run(workdir)[0] if path.exists() else {}
+  return report.load_results(workdir) if path.exists() else {}
 
 
 def train_encoder(config: ml_collections.ConfigDict, workdir: str, method: methods.Method,

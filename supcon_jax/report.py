@@ -63,12 +63,16 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   return "\n".join(lines)
 
 
+def load_results(workdir: str) -> dict[str, Any]:
+  """A finished run's results.json, older keys renamed (a transfer run has no metrics.jsonl)."""
+  return upgrade_results(json.loads((epath.Path(workdir) / "results.json").read_text()))
+
+
 def load_run(workdir: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
   """(results.json, metrics.jsonl rows) of a finished run; older results' keys renamed."""
-  path = epath.Path(workdir)
-  results = upgrade_results(json.loads((path / "results.json").read_text()))
-  rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line]
-  return results, rows
+  path = epath.Path(workdir) / "metrics.jsonl"
+  rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+  return load_results(workdir), rows
 
 
 def upgrade_results(results: dict[str, Any]) -> dict[str, Any]:
@@ -207,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.error("--run and --out are required (or --readme)")
   runs = dict(item.split("=", 1) for item in args.run)
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-  print(results_table({name: load_run(workdir)[0] for name, workdir in runs.items()}))
+  print(results_table({name: load_results(workdir) for name, workdir in runs.items()}))
   plot_curves(runs, args.out + "_curves.png")
   shown = [n for n in args.embeddings.split(",") if n] or list(runs)
   plot_embeddings({n: runs[n] for n in shown}, args.out + "_embeddings.png")

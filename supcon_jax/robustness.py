@@ -139,7 +139,7 @@ def corruption_errors(result: dict[str, Any], baseline: dict[str, Any]) -> dict[
 
 def load_result(workdir: str) -> dict[str, Any]:
   """The `robustness` block of a finished run's results.json (ValueError if it has none)."""
-  results = report.load_run(workdir)[0]
+  results = report.load_results(workdir)
   if "robustness" not in results:
     raise ValueError(f"{workdir}/results.json has no robustness block: run it with "
                      "--config.robustness.enabled=True or --config.stage=robustness")

@@ -111,9 +111,20 @@ def test_linear_evaluation_transfers_to_another_dataset(runs, tmp_path):
   config.batch_size = config.linear.batch_size = 32
   config.linear.update(epochs=20.0, augment="none")
   config.linear.optim.base_lr = 4.0  # x 32 / 256: 0.5
+  # Scored under corruption too: robustness on an image folder.
+  config.robustness.update(enabled=True, corruptions=("contrast",), severities=(1, 5))
   config_lib.validate(config)
   result = experiment.train_and_evaluate(config, str(tmp_path / "transfer"))
   assert result["encoder_steps"] == 4 and result["linear_top1"] > 50.0  # chance: 25%
+  contrast = result["robustness"]["top1"]["contrast"]
+  assert result["robustness"]["clean_top1"] == result["linear_top1"]
+  assert set(contrast) == {"1", "5"} and all(0 <= v <= 100 for v in contrast.values())
+  # The robustness stage on that workdir: the encoder from encoder_workdir, the classifier
+  # from the workdir itself, the same numbers.
+  stage = config.copy_and_resolve_references()
+  stage.stage = "robustness"
+  again = experiment.train_and_evaluate(stage, str(tmp_path / "transfer"))["robustness"]
+  assert again["top1"] == result["robustness"]["top1"]
   # An encoder with the ImageNet stem (it needs 32 pixels a side): 16 cannot feed it.
   imagenet = tiny_config("supcon")
   imagenet.update_from_flattened_dict({"stage": "pretrain", "model.stem": "imagenet",
