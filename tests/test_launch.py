@@ -170,7 +170,7 @@ def test_colab_notebook_runs_on_cpu(tmp_path):
          "SUPCON_NOTEBOOK_LINEAR_EPOCHS": "1", "SUPCON_NOTEBOOK_METHOD": "supcon",
          "SUPCON_NOTEBOOK_WORKDIR": str(workdir),
          "SUPCON_NOTEBOOK_OVERRIDES": json.dumps({"model.width": 0.125, "knn.num_train": 256,
-                                                 "data.image_size": 8})}
+                                                 "data.image_size": 8, "tensorboard": False})}
   result = subprocess.run(
       [sys.executable, "-m", "nbconvert", "--to", "notebook", "--execute",
        "--ExecutePreprocessor.kernel_name=python3", "--ExecutePreprocessor.timeout=300",
