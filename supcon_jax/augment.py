@@ -4,7 +4,10 @@
 [B, V, H, W, C]. Each image and view gets its own key, so views are independent and the
 whole batch is a deterministic function of one key; ops act on one float32 image
 [H, W, C] in [0, 1] and are batched with `jax.vmap`, so there are no Python loops over
-images and nothing waits on the host.
+images and nothing waits on the host. It is `view_inputs` (a key per view, the views'
+uint8 images) followed by `make_view_augment`'s function, which works row by row: the
+training step applies it chunk by chunk with the encoder (models/chunked.py), so the float
+views of a big batch never exist all at once.
 
 Policies: simaugment (SimCLR / SupCon: crop, flip, colour jitter, grayscale, optional
 blur), randaugment and autoaugment (crop, flip, then the policy; see augment_policies for
@@ -294,16 +297,50 @@ def _normaliser(mean: Sequence[float], std: Sequence[float]):
   return lambda x: (x - mean) / std
 
 
-def _to_unit_float(images: jax.Array, channels: int, ndims: tuple[int, ...] = (4,)) -> jax.Array:
-  if images.ndim not in ndims or images.dtype != jnp.uint8 or images.shape[-1] != channels:
-    shapes = " or ".join({4: f"[B, H, W, {channels}]", 5: f"[B, V, H, W, {channels}]"}[n]
-                         for n in ndims)
-    raise ValueError(f"images must be uint8 {shapes} (one channel per mean entry), got "
-                     f"{images.dtype} {images.shape}")
+def _to_unit_float(images: jax.Array, channels: int) -> jax.Array:
+  if images.ndim != 4 or images.dtype != jnp.uint8 or images.shape[-1] != channels:
+    raise ValueError(f"images must be uint8 [N, H, W, {channels}] (one channel per mean "
+                     f"entry), got {images.dtype} {images.shape}")
   return images.astype(jnp.float32) * (1.0 / 255.0)  # the one uint8 -> float conversion
 
 
 # ------------------------------------------------------------------------ public API
+
+
+def make_view_augment(augment_config, *, mean: Sequence[float],
+                      std: Sequence[float]) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """fn(keys [N], uint8 [N, H, W, C]) -> normalised float32 [N, H, W, C]: one view of each
+  image, drawn with its own key. Row by row: a subset of the rows gives those rows of the
+  whole (what lets the training step augment chunk by chunk)."""
+  check_config(augment_config)
+  view = _make_view(augment_config)
+  normalise = _normaliser(mean, std)
+  channels = len(mean)
+
+  def augment_views(keys: jax.Array, images: jax.Array) -> jax.Array:
+    x = _to_unit_float(images, channels)
+    return normalise(x if view is None else jax.vmap(view)(keys, x))
+
+  return augment_views
+
+
+def view_inputs(rng: jax.Array, images: jax.Array,
+                n_views: int) -> tuple[jax.Array, jax.Array]:
+  """(keys [B * V], uint8 images [B * V, H, W, C]): the V views of each image of a batch, as
+  `make_view_augment`'s function takes them; view v of image b is row b * V + v, its key
+  `jax.random.split(rng, (B, V))[b, v]`. Images [B, V, H, W, C] (each view already cropped
+  on the host) give their own views; images [B, H, W, C] are repeated V times."""
+  if images.ndim not in (4, 5):
+    raise ValueError(f"images must be uint8 [B, H, W, C] or [B, V, H, W, C], got "
+                     f"{images.dtype} {images.shape}")
+  if images.ndim == 5 and images.shape[1] != n_views:
+    raise ValueError(f"images hold {images.shape[1]} views per image; augment.n_views={n_views}")
+  b = images.shape[0]
+  keys = jax.random.split(rng, (b, n_views))
+  if images.ndim == 4:
+    images = jnp.broadcast_to(images[:, None], (b, n_views) + images.shape[1:])
+  flat = lambda a: a.reshape((b * n_views,) + a.shape[2:])
+  return flat(keys), flat(images)
 
 
 def make_train_augment(augment_config, *, mean: Sequence[float],
@@ -312,31 +349,20 @@ def make_train_augment(augment_config, *, mean: Sequence[float],
 
   Images [B, V, H, W, C] (each view already cropped on the host) get one view each.
   """
-  check_config(augment_config)
+  augment_views = make_view_augment(augment_config, mean=mean, std=std)
   n_views = augment_config.n_views
-  view = _make_view(augment_config)
-  normalise = _normaliser(mean, std)
-  channels = len(mean)
 
   def augment(rng: jax.Array, images: jax.Array) -> jax.Array:
-    x = _to_unit_float(images, channels, ndims=(4, 5))
-    if x.ndim == 5 and x.shape[1] != n_views:
-      raise ValueError(f"images hold {x.shape[1]} views per image; augment.n_views={n_views}")
-    per_view = x if x.ndim == 5 else jnp.broadcast_to(x[:, None], (x.shape[0], n_views)
-                                                      + x.shape[1:])
-    if view is None:
-      return normalise(per_view)
-    keys = jax.random.split(rng, (x.shape[0], n_views))
-    if x.ndim == 5:
-      return normalise(jax.vmap(jax.vmap(view))(keys, x))
-    return normalise(jax.vmap(jax.vmap(view, in_axes=(0, None)))(keys, x))
+    views = augment_views(*view_inputs(rng, images, n_views))
+    return views.reshape((images.shape[0], n_views) + views.shape[1:])
 
   return augment
 
 
-def from_config(config: Any, *, host_cropped: bool = False,
+def from_config(config: Any, *, host_cropped: bool = False, per_view: bool = False,
                 **overrides: Any) -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """`make_train_augment` of `config.augment`, normalised with `config.data`'s statistics.
+  """`make_train_augment` of `config.augment` (`make_view_augment` if `per_view`),
+  normalised with `config.data`'s statistics.
 
   `overrides` replace fields of `config.augment` (e.g. `n_views=1` for a single view). With
   `host_cropped` (see `data.crops_on_host`) the images arrive cropped, each view its own
@@ -345,7 +371,8 @@ def from_config(config: Any, *, host_cropped: bool = False,
   fields = types.SimpleNamespace(**{**config.augment.to_dict(), **overrides})
   if host_cropped:
     fields.crop_scale = (1.0, 1.0)
-  return make_train_augment(fields, mean=config.data.mean, std=config.data.std)
+  make = make_view_augment if per_view else make_train_augment
+  return make(fields, mean=config.data.mean, std=config.data.std)
 
 
 def make_eval_transform(*, mean: Sequence[float],

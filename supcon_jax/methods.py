@@ -56,9 +56,9 @@ class Method:
 
   def loss_fn(self, config: Any, model: nn.Module, mesh: Mesh) -> LossFn:
     """The training loss of this method on its augmented views of a batch."""
-    augment_fn = augment.from_config(config, n_views=self.views(config),
-                                     host_cropped=data.crops_on_host(config.data))
-    return self.make_loss(self, config, model, augment_fn, mesh)
+    augment_views = augment.from_config(config, host_cropped=data.crops_on_host(config.data),
+                                        per_view=True)
+    return self.make_loss(self, config, model, augment_views, mesh)
 
 
 def _contrastive_model(model_config: Any, num_classes: int) -> nn.Module:
@@ -72,14 +72,17 @@ def _classifier_model(model_config: Any, num_classes: int) -> nn.Module:
 
 
 def _apply(model: nn.Module, config: Any, params: Any, batch_stats: Any,
-           images: jax.Array) -> tuple[dict[str, jax.Array], Any]:
-  """The model in training mode on [N, H, W, C]: (outputs, new batch_stats), in chunks of
-  `config.encoder_chunk_size` images (ghost BatchNorm) when that is set."""
-  return chunked.apply_in_chunks(model, {"params": params, "batch_stats": batch_stats}, images,
-                                 config.encoder_chunk_size or None)
+           augment_views: Callable, views: tuple[jax.Array, jax.Array]
+           ) -> tuple[dict[str, jax.Array], Any]:
+  """The model in training mode on the augmented `views` (augment.view_inputs: keys and
+  uint8 images [N, ...]): (outputs, new batch_stats). With `config.encoder_chunk_size`, in
+  chunks of that many views (ghost BatchNorm), each augmented inside its chunk."""
+  return chunked.apply_in_chunks(model, {"params": params, "batch_stats": batch_stats}, views,
+                                 config.encoder_chunk_size or None,
+                                 prepare=lambda v: augment_views(*v))
 
 
-def _contrastive_loss(method: Method, config: Any, model: nn.Module, augment_fn: Callable,
+def _contrastive_loss(method: Method, config: Any, model: nn.Module, augment_views: Callable,
                       mesh: Mesh) -> LossFn:
   """SupCon (with labels) or SimCLR (without) over the views of the whole global batch; with
   `config.moco.enabled`, also against the queue of a momentum encoder (momentum.py)."""
@@ -88,18 +91,19 @@ def _contrastive_loss(method: Method, config: Any, model: nn.Module, augment_fn:
                      contrast_mode=config.loss.contrast_mode, block_size=config.loss.block_size)
 
   def loss_fn(params, carried, batch, rng):
-    views = augment_fn(rng, batch["image"])  # [B, V, H, W, C]
-    b, v = views.shape[:2]
-    images = views.reshape((b * v,) + views.shape[2:])
+    b, v = batch["image"].shape[0], method.views(config)
+    views = augment.view_inputs(rng, batch["image"], v)  # view j of image i: row i * v + j
     labels = batch["label"] if method.uses_labels else None
     if not config.moco.enabled:
-      out, batch_stats = _apply(model, config, params, carried, images)
+      out, batch_stats = _apply(model, config, params, carried, augment_views, views)
       z = out["proj"].reshape(b, v, -1)
       return losses.sharded_supcon_loss(z, labels, mesh, **loss_kwargs), batch_stats
     batch_stats, state = carried
-    out, batch_stats = _apply(model, config, params, batch_stats, images)
+    out, batch_stats = _apply(model, config, params, batch_stats, augment_views, views)
     key_params = momentum.follow(state["params"], params, config.moco.momentum)
-    keys, key_stats = _apply(model, config, key_params, state["batch_stats"], images)
+    # The same views (the same keys): augmenting again costs less than keeping them.
+    keys, key_stats = _apply(model, config, key_params, state["batch_stats"], augment_views,
+                             views)
     loss = losses.sharded_supcon_loss(
         out["proj"].reshape(b, v, -1), labels, mesh, extra=state["queue"],
         extra_labels=None if labels is None else state["queue_labels"], **loss_kwargs)
@@ -110,14 +114,14 @@ def _contrastive_loss(method: Method, config: Any, model: nn.Module, augment_fn:
   return loss_fn
 
 
-def _cross_entropy_loss(method: Method, config: Any, model: nn.Module, augment_fn: Callable,
-                        mesh: Mesh) -> LossFn:
+def _cross_entropy_loss(method: Method, config: Any, model: nn.Module,
+                        augment_views: Callable, mesh: Mesh) -> LossFn:
   """The supervised baseline: the same encoder and augmentation, a linear classifier, CE."""
   del method, mesh  # one view per image; XLA shards the mean over the batch by itself
 
   def loss_fn(params, batch_stats, batch, rng):
-    x = augment_fn(rng, batch["image"])[:, 0]
-    out, batch_stats = _apply(model, config, params, batch_stats, x)
+    views = augment.view_inputs(rng, batch["image"], 1)
+    out, batch_stats = _apply(model, config, params, batch_stats, augment_views, views)
     loss = losses.cross_entropy_loss(out["logits"], batch["label"],
                                      label_smoothing=config.loss.label_smoothing)
     return loss, batch_stats

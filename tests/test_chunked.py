@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from supcon_jax import losses, methods, sharding
+from supcon_jax import augment, losses, methods, sharding
 from supcon_jax.config import base_config
 from supcon_jax.models import SupConModel
 from supcon_jax.models.chunked import apply_in_chunks
@@ -155,6 +155,57 @@ def test_chunks_cut_the_activation_memory():
 
   whole, chunks = temp_bytes(None), temp_bytes(32)
   assert chunks * 4 <= whole, (chunks, whole)
+
+
+def test_augmenting_inside_the_chunks_is_augmenting_first():
+  # What the training step does: each chunk augments its own views (keys and uint8 images).
+  config = base_config()
+  config.augment.update(policy="simaugment", blur_prob=0.5)
+  augment_views = augment.from_config(config, per_view=True)
+  r = np.random.default_rng(1)
+  images = jnp.asarray(r.integers(0, 256, (SAMPLES, 8, 8, 3)), jnp.uint8)
+  views = augment.view_inputs(jax.random.key(3), images, VIEWS)
+  labels = jnp.asarray(r.integers(0, 3, SAMPLES), jnp.int32)
+  v = tiny_variables()
+  inside = loss_and_grad(lambda v, x: apply_in_chunks(MODEL, v, x, 8,
+                                                      prepare=lambda k: augment_views(*k)))
+  first = loss_and_grad(chunked(8))
+  got = inside(v["params"], v["batch_stats"], views, labels)
+  want = first(v["params"], v["batch_stats"], augment_views(*views), labels)
+  # fp32 rounding only: XLA fuses the augmentation into another program (3e-5 seen).
+  assert_trees_close(got, want, rtol=2e-4, atol=2e-4)
+  # And the views are those of the whole-batch augmentation, image-major.
+  whole = augment.make_train_augment(config.augment, mean=config.data.mean,
+                                     std=config.data.std)(jax.random.key(3), images)
+  np.testing.assert_array_equal(np.asarray(augment_views(*views)),
+                                np.asarray(whole).reshape((SAMPLES * VIEWS,) + whole.shape[2:]))
+
+
+def test_augmenting_inside_the_chunks_keeps_no_float_view_of_the_batch():
+  # The real encoder at 256 samples x 2 views with AutoAugment, compiled only: augmented in
+  # the chunks, the step needs less temporary memory than augmenting the batch first.
+  config = base_config()
+  config.augment.policy = "autoaugment"
+  augment_views = augment.from_config(config, per_view=True)
+  model = SupConModel(18, width=0.25, stem="cifar")
+  v = jax.eval_shape(lambda: model.init(KEY, jnp.zeros((1, 32, 32, 3)), train=False))
+
+  def temp_bytes(inside):
+    def loss(params, batch_stats, images, labels, rng):
+      views = augment.view_inputs(rng, images, VIEWS)
+      variables = {"params": params, "batch_stats": batch_stats}
+      if inside:
+        out, _ = apply_in_chunks(model, variables, views, 32, prepare=lambda k: augment_views(*k))
+      else:
+        out, _ = apply_in_chunks(model, variables, augment_views(*views), 32)
+      return losses.supcon_loss(out["proj"].reshape(256, VIEWS, -1), labels)
+    args = (v["params"], v["batch_stats"], jax.ShapeDtypeStruct((256, 32, 32, 3), jnp.uint8),
+            jax.ShapeDtypeStruct((256,), jnp.int32), jax.random.key(0))
+    compiled = jax.jit(jax.grad(loss)).lower(*args).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  # At least the batch's float32 views, 512 x 32 x 32 x 3 x 4 bytes, less.
+  assert temp_bytes(True) + 512 * 32 * 32 * 3 * 4 <= temp_bytes(False)
 
 
 def test_inference_is_one_plain_apply():

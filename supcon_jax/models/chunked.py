@@ -20,7 +20,7 @@ chunks are defined by global indices, the result does not depend on the number o
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -35,17 +35,24 @@ def check_chunk_size(chunk_size: int, batch: int) -> None:
     raise ValueError(f"chunk_size={chunk_size} does not divide the batch of {batch} images")
 
 
-def apply_in_chunks(model: nn.Module, variables: Mapping[str, Any], images: jax.Array,
-                    chunk_size: int | None, *, train: bool = True) -> tuple[Any, Any]:
-  """`model.apply(variables, images, train=train, mutable=["batch_stats"])`, chunk by chunk.
+def apply_in_chunks(model: nn.Module, variables: Mapping[str, Any], images: Any,
+                    chunk_size: int | None, *, train: bool = True,
+                    prepare: Callable[[Any], jax.Array] | None = None) -> tuple[Any, Any]:
+  """`model.apply(variables, prepare(images), train=train, mutable=["batch_stats"])`, chunk
+  by chunk.
 
   Args:
     model: a module called as `model(images, train=...)` whose outputs (any pytree) all have
       the image axis first, e.g. SupConModel's {"repr": [N, D], "proj": [N, P]}.
     variables: {"params": ..., "batch_stats": ...} (batch_stats may be absent).
-    images: [N, ...], sharded or not over the batch axis.
+    images: [N, ...], sharded or not over the batch axis; with `prepare`, any pytree of
+      arrays [N, ...], e.g. (a key per image, uint8 images).
     chunk_size: images per chunk, a divisor of N (ValueError otherwise); None: one plain
       `model.apply` on the whole batch, without remat.
+    prepare: what makes the model's input of the rows of `images` (the augmentation), row by
+      row; it runs inside each chunk, so only one chunk's output of it exists at a time, and
+      the backward pass keeps the chunk's `images` (uint8 and keys: smaller than floats) and
+      recomputes the rest.
     train: False applies the model once to the whole batch: BatchNorm then uses the running
       averages, so chunking would change no value, and without a backward pass no activation
       is kept anyway.
@@ -63,23 +70,26 @@ def apply_in_chunks(model: nn.Module, variables: Mapping[str, Any], images: jax.
     it is below the whole batch's variance by exactly that. With chunk_size = N all of this is
     the plain `model.apply`.
   """
-  n = images.shape[0]
+  prepare = prepare or (lambda x: x)
+  n = jax.tree.leaves(images)[0].shape[0]
   if chunk_size is not None:  # also at inference: a bad setting fails wherever it is first used
     check_chunk_size(chunk_size, n)
   if not train:
-    return model.apply(variables, images, train=False), variables.get("batch_stats", {})
+    return (model.apply(variables, prepare(images), train=False),
+            variables.get("batch_stats", {}))
   if chunk_size is None:
-    out, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+    out, updates = model.apply(variables, prepare(images), train=True, mutable=["batch_stats"])
     return out, updates.get("batch_stats", {})
   num_chunks = n // chunk_size
   # Row i * K + k of the batch goes to chunk k, position i. With the image axis split over D
   # devices and D dividing chunk_size, each device's block of the batch is whole rows i of
   # [chunk_size, K], so the reshape moves nothing; the swap makes the chunk index the mapped
   # axis, which no device splits, and each chunk keeps chunk_size / D images on every device.
-  chunks = images.reshape((chunk_size, num_chunks) + images.shape[1:]).swapaxes(0, 1)
+  chunks = jax.tree.map(
+      lambda a: a.reshape((chunk_size, num_chunks) + a.shape[1:]).swapaxes(0, 1), images)
 
   def apply_chunk(x):
-    out, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    out, updates = model.apply(variables, prepare(x), train=True, mutable=["batch_stats"])
     return out, updates.get("batch_stats", {})
 
   # prevent_cse=False: inside lax.map's loop XLA cannot merge the recomputation with the
