@@ -78,12 +78,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.label_smoothing = 0.0  # ce only
 
   c.batch_size = 256  # global, over all devices and hosts
-  # > 0: the model runs over the batch's images in chunks of this many, each rematerialised
-  # for the backward pass, so activation memory grows with the chunk, not the batch; the loss
-  # still sees every embedding and its gradient is exact. BatchNorm then normalises each
-  # chunk by its own statistics ("ghost" BN, as per-device BN does) and the running averages
-  # are the mean over chunks; inference is unchanged. A multiple of the device count, it
-  # must divide batch_size x views. Use it when the batch does not fit (models/chunked.py).
+  # > 0: the model runs over the batch's images in chunks of this many, each augmented inside
+  # its chunk and rematerialised for the backward pass, so augmentation and activation
+  # memory grow with the chunk, not the batch; the loss still sees every embedding and its
+  # gradient is exact. BatchNorm then normalises each chunk by its own statistics ("ghost"
+  # BN, as per-device BN does) and the running averages are the mean over chunks; inference
+  # is unchanged. A multiple of the device count, it must divide batch_size x views. Use it
+  # when the batch does not fit (models/chunked.py).
   c.encoder_chunk_size = 0
   # A momentum encoder and a queue of past keys with their labels (momentum.py), for the
   # contrastive methods: many more negatives and positives than a small batch holds.
