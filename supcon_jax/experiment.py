@@ -55,11 +55,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _print_tables(results: dict[str, dict[str, Any]]) -> None:
   """The run's last lines on the console: its accuracies, and robustness where scored."""
-  if jax.process_index() != 0:
-    return
-  print(report.results_table(results), flush=True)
-  if any("robustness" in r for r in results.values()):
-    print(report.robustness_table(results), flush=True)
+  if jax.process_index() == 0:
+    print(report.run_tables(results), flush=True)
 
 
 def run_method(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

@@ -129,17 +129,23 @@ def robustness_table(results: dict[str, dict[str, Any]]) -> str:
                          "corrupted top-1", "mCE", "relative mCE", "baseline"], rows)
 
 
-def render_readme(readme: str, results: dict[str, dict[str, Any]]) -> str:
-  """`readme` with its part between `BEGIN` and `END` rewritten: the table of `results`."""
-  head, begin, rest = readme.partition(BEGIN)
-  _, end, tail = rest.partition(END)
-  if not (begin and end):
-    raise ValueError(f"the README has no part between {BEGIN} and {END}")
+def run_tables(results: dict[str, dict[str, Any]]) -> str:
+  """What a finished experiment reports: the results table, and the robustness table when
+  any run was scored under corruption."""
   tables = [results_table(results)]
   if any("robustness" in r for r in results.values()):
     tables.append("Under corruption (top-1 in %; mCE and relative mCE against the baseline, "
                   "in %, lower is better):\n\n" + robustness_table(results))
-  return f"{head}{BEGIN}\n" + "\n\n".join(tables) + f"\n{END}{tail}"
+  return "\n\n".join(tables)
+
+
+def render_readme(readme: str, results: dict[str, dict[str, Any]]) -> str:
+  """`readme` with its part between `BEGIN` and `END` rewritten: the tables of `results`."""
+  head, begin, rest = readme.partition(BEGIN)
+  _, end, tail = rest.partition(END)
+  if not (begin and end):
+    raise ValueError(f"the README has no part between {BEGIN} and {END}")
+  return f"{head}{BEGIN}\n{run_tables(results)}\n{END}{tail}"
 
 
 def write_readme(readme: str = README, results: str = DEMO_RESULTS) -> None:

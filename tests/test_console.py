@@ -1,7 +1,7 @@
 """The console of `python -m supcon_jax.main`: short lines for people, every record in
 `<workdir>/log.txt`, `--verbose` for the full records, and one line for a broken config file.
 
-The runs are real processes on a tiny config (digits at 8x8, ResNet-18 at width 1/8, two
+The runs are real processes on a tiny config (test_experiment.tiny_config: digits at 8x8, ResNet-18 at width 1/8, two
 steps per stage) on two simulated devices, sharing the tests' compilation cache (conftest).
 """
 
@@ -15,25 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 ABSL_RECORD = re.compile(r"^[IWEF]\d{4} ", re.M)  # absl's format: I1124 10:56:47.99 ... file.py:52]
 
 CONFIG = '''
-from supcon_jax import config as config_lib
+from tests.test_experiment import tiny_config
 
 
 def get_config(arg=None):
   if arg:
     raise ValueError(f"no variant {arg}")  # a get_config() that fails, for the tests
-  c = config_lib.base_config()
-  c.method = "supcon"
-  c.data.image_size = 8
-  c.model.width = 0.125
-  c.batch_size = 64
-  c.epochs = 2 / 22  # 22 steps per epoch on the 1,437 training digits: 2 steps
-  c.linear.batch_size = 64
-  c.linear.epochs = 2 / 22
+  c = tiny_config("supcon")
   c.linear.augment = "none"  # on cached features: the rate counts features
-  c.knn.num_train = 256
-  c.log_every_steps = 1
-  c.checkpoint_every_steps = 2
-  c.embedding_plot = False
   return c
 '''
 
@@ -101,8 +90,11 @@ def test_a_run_refused_at_start_up_writes_no_log(tmp_path):
 
 def test_a_broken_config_file_is_one_line_naming_file_and_line(tmp_path):
   syntax = tmp_path / "syntax.py"
-  syntax.write_text(CONFIG.replace("c.batch_size = 64", "c.batch_size = 64 +"))
-  line = CONFIG.splitlines().index("  c.batch_size = 64") + 1
+  broken = '  c.linear.augment = "none"'
+  syntax.write_text(CONFIG.replace(broken, broken + " +"))
+  line = CONFIG.splitlines().index(broken + "  # on cached features: the rate counts features") + 1
+  raises_line = CONFIG.splitlines().index('    raise ValueError(f"no variant {arg}")  # a '
+                                          'get_config() that fails, for the tests') + 1
   raises = tmp_path / "raises.py"
   raises.write_text(CONFIG)
   nested = tmp_path / "nested.py"  # a recipe built on a broken one (config.load_config_file)
@@ -111,7 +103,7 @@ def test_a_broken_config_file_is_one_line_naming_file_and_line(tmp_path):
   cases = [  # (--config, the one line expected)
       (syntax, f"error: {syntax} line {line}: invalid syntax"),
       (nested, f"error: {syntax} line {line}: invalid syntax"),
-      (f"{raises}:big", f"error: {raises} line 7: ValueError: no variant big"),
+      (f"{raises}:big", f"error: {raises} line {raises_line}: ValueError: no variant big"),
   ]
   procs = [_main(f"--config={c}", f"--workdir={tmp_path / 'w'}", "--dry_run") for c, _ in cases]
   for proc, (_, expected) in zip(procs, cases):

@@ -189,12 +189,18 @@ def test_shard_map_matches_single_device(mesh, use_labels, variant, contrast_mod
   batch = 2 * N_DEV
   feats = jnp.asarray(random_features(7, batch, 2, 4))
   labels = jnp.asarray(random_labels(7, batch, 4)) if use_labels else None
-  kwargs = dict(temperature=0.1, variant=variant, contrast_mode=contrast_mode)
+  # The wrapper is the jax.shard_map over "data"; each device holds 2 samples.
+  _check_sharded_is_single_device(mesh, feats, labels, block_size, temperature=0.1,
+                                  variant=variant, contrast_mode=contrast_mode)
+
+
+def _check_sharded_is_single_device(mesh, feats, labels, block_size, **kwargs):
+  """sharded_supcon_loss over `mesh`: the single-device value and gradient, and that value
+  is the NumPy reference's."""
   want_v, want_g = supcon_vg(feats, labels, **kwargs)
   np.testing.assert_allclose(
       want_v, ref_supcon(np.asarray(feats), None if labels is None else np.asarray(labels),
                          **kwargs), rtol=2e-5)
-  # The wrapper is the jax.shard_map over "data"; each device holds 2 samples.
   sharded = lambda f: losses.sharded_supcon_loss(f, labels, mesh, block_size=block_size, **kwargs)
   got_v, got_g = jax.jit(jax.value_and_grad(sharded))(feats)
   np.testing.assert_allclose(got_v, want_v, rtol=1e-5)
@@ -370,17 +376,10 @@ def test_shard_map_with_extra_matches_single_device(mesh, use_labels, variant, c
   labels = jnp.asarray(random_labels(16, batch, 4)) if use_labels else None
   extra = jnp.asarray(random_extra(16, 6, 4))
   extra_labels = jnp.asarray(random_labels(17, 6, 6)) if use_labels else None
-  kwargs = dict(temperature=0.1, variant=variant, contrast_mode=contrast_mode, extra=extra,
-                extra_labels=extra_labels)
-  want_v, want_g = supcon_vg(feats, labels, **kwargs)
-  np.testing.assert_allclose(
-      want_v, ref_supcon(np.asarray(feats), None if labels is None else np.asarray(labels),
-                         **kwargs), rtol=2e-5)
   # Each device holds 2 samples and the whole (replicated) extra set.
-  sharded = lambda f: losses.sharded_supcon_loss(f, labels, mesh, block_size=block_size, **kwargs)
-  got_v, got_g = jax.jit(jax.value_and_grad(sharded))(feats)
-  np.testing.assert_allclose(got_v, want_v, rtol=1e-5)
-  np.testing.assert_allclose(got_g, want_g, rtol=1e-4, atol=1e-6)
+  _check_sharded_is_single_device(mesh, feats, labels, block_size, temperature=0.1,
+                                  variant=variant, contrast_mode=contrast_mode, extra=extra,
+                                  extra_labels=extra_labels)
 
 
 def test_bad_extra_arguments():
