@@ -10,6 +10,7 @@ un-augmented training images are computed once and the classifier trains on that
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from typing import Any, Callable, Iterator, Sequence
@@ -36,8 +37,14 @@ class TrainedEncoder:
 
 
 def eval_transform(config: ml_collections.ConfigDict) -> Callable[[jax.Array], jax.Array]:
-  """uint8 evaluation images -> the normalised float32 input of the model."""
-  return augment.make_eval_transform(mean=config.data.mean, std=config.data.std)
+  """uint8 evaluation images -> the normalised float32 input of the model (the same function
+  for the same statistics, so that `encode` compiles once)."""
+  return _eval_transform(tuple(config.data.mean), tuple(config.data.std))
+
+
+@functools.lru_cache(maxsize=8)
+def _eval_transform(mean: tuple[float, ...], std: tuple[float, ...]) -> Callable:
+  return augment.make_eval_transform(mean=mean, std=std)
 
 
 def encode(encoder: TrainedEncoder, batches: Iterator[dict[str, jax.Array]],
@@ -46,11 +53,7 @@ def encode(encoder: TrainedEncoder, batches: Iterator[dict[str, jax.Array]],
 
   Returns host arrays, each output float32 [N, D], and "label" [N], without padding rows.
   """
-  def apply(variables, images):
-    out = encoder.apply(variables, transform(images), train=False)
-    return {k: out[k].astype(jnp.float32) for k in outputs}
-
-  fn = jax.jit(apply)
+  fn = _compiled_apply(encoder.apply, transform, tuple(outputs))
   parts = []
   for batch in batches:
     out = {**fn(encoder.variables, batch["image"]), "label": batch["label"],
@@ -59,6 +62,15 @@ def encode(encoder: TrainedEncoder, batches: Iterator[dict[str, jax.Array]],
     keep = out.pop("mask") > 0
     parts.append({k: v[keep] for k, v in out.items()})
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+@functools.lru_cache(maxsize=16)  # one program per model, transform and outputs, not per call
+def _compiled_apply(apply: Callable, transform: Callable,
+                    outputs: tuple[str, ...]) -> Callable[[Any, jax.Array], dict[str, jax.Array]]:
+  def fn(variables, images):
+    out = apply(variables, transform(images), train=False)
+    return {k: out[k].astype(jnp.float32) for k in outputs}
+  return jax.jit(fn)
 
 
 def knn_top1(bank: np.ndarray, bank_labels: np.ndarray, query: np.ndarray,

@@ -104,7 +104,7 @@ def run_method(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
                                 title=f"{method.name}: r on the eval split", seed=config.seed)
     if config.stage == "robustness" or config.robustness.enabled:
       results["robustness"] = robustness_evaluation(config, workdir, encoder, classify, outputs,
-                                                    eval_source, mesh)
+                                                    eval_source, mesh, eval_out)
   results["wall_time_s"] = time.time() - started
   if jax.process_index() == 0:
     # A robustness stage adds its block to the finished run's results; the rest stays.
@@ -118,10 +118,12 @@ def run_method(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
 def robustness_evaluation(config: ml_collections.ConfigDict, workdir: str,
                           encoder: TrainedEncoder, classify: evaluate.Classify,
                           outputs: tuple[str, ...], eval_source: Source,
-                          mesh: jax.sharding.Mesh) -> dict[str, Any]:
+                          mesh: jax.sharding.Mesh, clean: dict[str, Any]) -> dict[str, Any]:
   """Top-1 under every corruption and severity; CE and mCE against the baseline run when
-  `robustness.baseline_workdir` names one; the severity curve and the corruption grid."""
-  result = robustness.evaluate_corruptions(config, encoder, classify, outputs, eval_source, mesh)
+  `robustness.baseline_workdir` names one; the severity curve and the corruption grid.
+  `clean`: the `outputs` on the clean evaluation split."""
+  result, firsts = robustness.evaluate_corruptions(config, encoder, classify, outputs,
+                                                   eval_source, mesh, clean)
   baseline = robustness.baseline_path(config, workdir)
   if baseline:
     result.update(robustness.corruption_errors(result, robustness.load_result(baseline)),
@@ -129,8 +131,7 @@ def robustness_evaluation(config: ml_collections.ConfigDict, workdir: str,
   if jax.process_index() == 0:
     robustness.plot_severity_curves({config.method: result},
                                     os.path.join(workdir, "robustness.png"))
-    robustness.plot_corruption_grid(config, eval_source, mesh,
-                                    os.path.join(workdir, "corruptions.png"))
+    robustness.plot_corruption_grid(firsts, os.path.join(workdir, "corruptions.png"))
   return result
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 import logging
 import os
 from typing import Any, Callable, Iterator
@@ -46,7 +47,7 @@ EXTRA = ("gaussian_blur", "saturate", "spatter", "speckle_noise")
 TFDS_CORRUPTED = {"cifar10": ("cifar10_corrupted", "test"),
                   "imagenet2012": ("imagenet2012_corrupted", "validation")}
 
-Classify = Callable[[dict[str, np.ndarray]], np.ndarray]  # encode()'s outputs -> logits
+Classify = evaluate.Classify
 
 
 def uses_tfds(config: Any) -> bool:
@@ -90,26 +91,36 @@ def _corrupt_fn(name: str, severity: int) -> Callable[[jax.Array, jax.Array], ja
 
 def evaluate_corruptions(config: Any, encoder: evaluate.TrainedEncoder, classify: Classify,
                          outputs: tuple[str, ...], eval_source: data.Source,
-                         mesh: jax.sharding.Mesh) -> dict[str, Any]:
-  """{"clean_top1", "top1": {corruption: {severity: top-1}}, "mean_top1"}, in percent."""
-  transform = evaluate.eval_transform(config)
+                         mesh: jax.sharding.Mesh, clean: dict[str, np.ndarray]
+                         ) -> tuple[dict[str, Any], dict[tuple[str, int], jax.Array]]:
+  """({"clean_top1", "top1": {corruption: {severity: top-1}}, "mean_top1"} in percent, the
+  first corrupted evaluation image of each (corruption, severity), for the grid).
 
-  def top1(batches) -> float:
-    out = evaluate.encode(encoder, batches, transform, outputs=outputs)
+  `clean`: `evaluate.encode`'s `outputs` on the clean evaluation split, already computed.
+  """
+  transform = evaluate.eval_transform(config)
+  firsts = {}
+
+  def top1(name: str, severity: int) -> float:
+    batches = _corrupted_batches(config, eval_source, mesh, name, severity)
+    first = next(batches)
+    firsts[name, severity] = first["image"][:1]
+    out = evaluate.encode(encoder, itertools.chain([first], batches), transform,
+                          outputs=outputs)
     return evaluate.top_k(classify(out), out["label"])["top1"]
 
   table = {}
   for name in corruption_names(config):
-    table[name] = {str(s): top1(_corrupted_batches(config, eval_source, mesh, name, s))
-                   for s in config.robustness.severities}
+    table[name] = {str(s): top1(name, s) for s in config.robustness.severities}
     logging.info("robustness: %s top-1 %s", name,  # the console gets the summary below
                  " ".join(f"{v:.1f}" for v in table[name].values()), extra={"console": False})
   values = [v for row in table.values() for v in row.values()]
-  result = {"clean_top1": top1(eval_source.eval_batches()), "top1": table,
-            "mean_top1": float(np.mean(values)), "severities": list(config.robustness.severities)}
+  result = {"clean_top1": evaluate.top_k(classify(clean), clean["label"])["top1"],
+            "top1": table, "mean_top1": float(np.mean(values)),
+            "severities": list(config.robustness.severities)}
   logging.info("robustness: top-1 %.2f clean, %.2f under %d corruptions x %d severities",
                result["clean_top1"], result["mean_top1"], len(table), len(result["severities"]))
-  return result
+  return result, firsts
 
 
 def corruption_errors(result: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
@@ -161,17 +172,16 @@ def plot_severity_curves(results: dict[str, dict[str, Any]], path: str) -> None:
   report.save_png(fig, path)
 
 
-def plot_corruption_grid(config: Any, eval_source: data.Source, mesh: jax.sharding.Mesh,
-                         path: str) -> None:
+def plot_corruption_grid(firsts: dict[tuple[str, int], jax.Array], path: str) -> None:
   """The first evaluation image under every corruption (rows) at every severity (columns),
-  as the model saw it."""
+  as the model saw it (`evaluate_corruptions` keeps them)."""
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  names, severities = corruption_names(config), config.robustness.severities
+  names = list(dict.fromkeys(name for name, _ in firsts))
+  severities = list(dict.fromkeys(s for _, s in firsts))
   fig = Figure(figsize=(1.1 * len(severities) + 1.5, 1.1 * len(names)), dpi=100)
   for i, name in enumerate(names):
     for j, s in enumerate(severities):
-      batch = next(_corrupted_batches(config, eval_source, mesh, name, s))
-      image = np.asarray(batch["image"])[0]
+      image = np.asarray(firsts[name, s])[0]
       ax = fig.add_subplot(len(names), len(severities), i * len(severities) + j + 1)
       ax.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None,
                 interpolation="nearest")

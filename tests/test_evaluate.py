@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from supcon_jax import data, evaluate
+from supcon_jax import checkpoint, config as config_lib, data, evaluate
 
 
 def test_knn_votes_by_cosine_similarity():
@@ -119,3 +119,21 @@ def test_cross_entropy_baseline_classifier_learns():
   out = evaluate.encode(encoder, held.eval_batches(), evaluate.eval_transform(c),
                         outputs=("repr", "logits"))
   assert evaluate.classifier_evaluation(out)["classifier_top1"] >= 90.0  # chance: 25%
+
+
+def test_encode_compiles_the_model_once_for_every_pass():
+  # The robustness stage encodes the evaluation split once per corruption and severity.
+  traces = []
+
+  def apply(variables, images, train):
+    traces.append(images.shape)
+    return {"repr": images.mean(axis=(1, 2))}
+
+  encoder = evaluate.TrainedEncoder(apply, {}, checkpoint.CheckpointRef("/x", 1))
+  c = config_lib.base_config()
+  batch = {"image": np.zeros((8, 4, 4, 3), np.uint8), "label": np.arange(8, dtype=np.int32),
+           "mask": np.ones(8, np.int32)}
+  for _ in range(3):
+    out = evaluate.encode(encoder, iter([batch, batch]), evaluate.eval_transform(c))
+    assert out["repr"].shape == (16, 3)
+  assert len(traces) == 1, traces

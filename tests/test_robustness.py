@@ -168,10 +168,13 @@ def test_tfds_corrupted_datasets_are_read_through_the_tfds_source(monkeypatch):
   monkeypatch.setattr(robustness.data, "make_source", make_source)
   with tfds.testing.mock_data(num_examples=20):
     eval_source = original(config.data, split="eval", global_batch=16, mesh=mesh, seed=0)
-    result = robustness.evaluate_corruptions(
-        config, encoder, lambda out: out["repr"][:, :2], ("repr",), eval_source, mesh)
+    clean = evaluate.encode(encoder, eval_source.eval_batches(), evaluate.eval_transform(config))
+    result, firsts = robustness.evaluate_corruptions(
+        config, encoder, lambda out: out["repr"][:, :2], ("repr",), eval_source, mesh, clean)
   assert seen == [("cifar10_corrupted/gaussian_noise_1", "test"),
                   ("cifar10_corrupted/gaussian_noise_3", "test"),
                   ("cifar10_corrupted/frost_1", "test"), ("cifar10_corrupted/frost_3", "test")]
   assert set(result["top1"]) == {"gaussian_noise", "frost"}
+  assert set(firsts) == {("gaussian_noise", 1), ("gaussian_noise", 3), ("frost", 1),
+                         ("frost", 3)}
   assert all(0 <= v <= 100 for row in result["top1"].values() for v in row.values())
