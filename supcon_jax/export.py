@@ -12,13 +12,13 @@ has them) and the full config, from which `encoder.load_encoder(<out>)` rebuilds
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
 
 import flax.serialization
 import jax
+from etils import epath
 
 from supcon_jax import checkpoint, report
 from supcon_jax.encoder import CONFIG, MODEL_CARD, WEIGHTS, Encoder, load_encoder
@@ -56,17 +56,10 @@ def export(workdir: str, out: str, step: int | None = None) -> Encoder:
   if os.path.exists(os.path.join(out, CONFIG)):
     raise ValueError(f"{out} is a training workdir (it has {CONFIG}); export somewhere else")
   encoder = load_encoder(workdir, step)
-  results_path = os.path.join(workdir, "results.json")
-  results = None
-  if os.path.exists(results_path):
-    with open(results_path) as f:
-      results = json.load(f)
-  os.makedirs(out, exist_ok=True)
-  weights = flax.serialization.msgpack_serialize(jax.device_get(encoder.variables))
-  tmp = os.path.join(out, WEIGHTS + ".tmp")
-  with open(tmp, "wb") as f:
-    f.write(weights)
-  os.replace(tmp, os.path.join(out, WEIGHTS))  # never a half-written file under the real name
+  has_results = (epath.Path(workdir) / "results.json").exists()
+  results = report.load_results(workdir) if has_results else None
+  report.write_atomic(os.path.join(out, WEIGHTS),
+                      flax.serialization.msgpack_serialize(jax.device_get(encoder.variables)))
   report.write_json(os.path.join(out, MODEL_CARD), model_card(encoder, results))
   return encoder
 

@@ -54,7 +54,7 @@ class Writer:
       return
     self.close()
     path = self._dir / "metrics.jsonl"
-    rows = [r for r in _read_rows(path) if r["step"] <= step] if path.exists() else []
+    rows = [r for r in read_rows(path) if r["step"] <= step] if path.exists() else []
     self._dir.mkdir(parents=True, exist_ok=True)
     tmp = self._dir / "metrics.jsonl.tmp"
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -113,7 +113,7 @@ class Writer:
       self._tb = None
 
 
-def _read_rows(path: epath.Path) -> list[dict[str, Any]]:
+def read_rows(path: epath.Path) -> list[dict[str, Any]]:
   """The complete rows of a metrics.jsonl; a half-written last line is dropped."""
   rows = []
   for line in path.read_text().splitlines():

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 from etils import epath
 
-from supcon_jax import methods
+from supcon_jax import methods, metrics
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout
 README = os.path.join(_ROOT, "README.md")
@@ -47,13 +47,21 @@ def severity_means(block: dict[str, Any]) -> list[float]:
           for s in block["severities"]]
 
 
-def write_json(path: str, obj: Any) -> None:
+def write_atomic(path: str, content: str | bytes) -> None:
   """Writes then renames, so a reader never sees half a file (local or gs://)."""
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.parent / (path.name + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+  if isinstance(content, bytes):
+    tmp.write_bytes(content)
+  else:
+    tmp.write_text(content)
   tmp.replace(path)
+
+
+def write_json(path: str, obj: Any) -> None:
+  """`obj` as indented JSON, written atomically (`write_atomic`)."""
+  write_atomic(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -70,9 +78,7 @@ def load_results(workdir: str) -> dict[str, Any]:
 
 def load_run(workdir: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
   """(results.json, metrics.jsonl rows) of a finished run; older results' keys renamed."""
-  path = epath.Path(workdir) / "metrics.jsonl"
-  rows = [json.loads(line) for line in path.read_text().splitlines() if line]
-  return load_results(workdir), rows
+  return load_results(workdir), metrics.read_rows(epath.Path(workdir) / "metrics.jsonl")
 
 
 def upgrade_results(results: dict[str, Any]) -> dict[str, Any]:

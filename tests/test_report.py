@@ -82,3 +82,12 @@ def test_robustness_table_averages_each_severity_over_the_corruptions():
   assert table[2] == "| ce | 90.00 | 75.00 | 30.00 | 52.50 | nan | nan |  |"
   assert table[3] == "| supcon | 90.00 | 80.00 | 40.00 | 60.00 | 81.3 | 77.5 | ce |"
   assert len(table) == 4
+
+
+def test_a_run_killed_mid_line_still_reports(tmp_path):
+  _fake_run(tmp_path / "a", "supcon", 94.25, 93.5)
+  with open(tmp_path / "a" / "metrics.jsonl", "a") as f:
+    f.write('{"step": 870, "loss": 4.')  # half a line, as a killed writer leaves it
+  results, rows = report.load_run(str(tmp_path / "a"))
+  assert results["linear_top1"] == 94.25
+  assert [r["step"] for r in rows] == [43 * e for e in range(10, 201, 10)]
