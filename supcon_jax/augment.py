@@ -286,7 +286,9 @@ def check_config(cfg: Any, name: str = "augment") -> None:
     fail("ra_magnitude", cfg.ra_magnitude, "a magnitude in [0, 10]")
 
 
-def _normaliser(mean: Sequence[float], std: Sequence[float]):
+def normaliser(mean: Sequence[float],
+               std: Sequence[float]) -> Callable[[jax.Array], jax.Array]:
+  """fn(float images in [0, 1]) -> (images - mean) / std, per channel; checks mean and std."""
   # NumPy, not jax arrays: constants folded into the jitted step, on no particular device.
   mean = np.asarray(mean, np.float32)
   std = np.asarray(std, np.float32)
@@ -314,7 +316,7 @@ def make_view_augment(augment_config, *, mean: Sequence[float],
   whole (what lets the training step augment chunk by chunk)."""
   check_config(augment_config)
   view = _make_view(augment_config)
-  normalise = _normaliser(mean, std)
+  normalise = normaliser(mean, std)
   channels = len(mean)
 
   def augment_views(keys: jax.Array, images: jax.Array) -> jax.Array:
@@ -378,6 +380,6 @@ def from_config(config: Any, *, host_cropped: bool = False, per_view: bool = Fal
 def make_eval_transform(*, mean: Sequence[float],
                         std: Sequence[float]) -> Callable[[jax.Array], jax.Array]:
   """fn(uint8 [B, H, W, C]) -> normalised float32 [B, H, W, C]; resizing is the host's."""
-  normalise = _normaliser(mean, std)
+  normalise = normaliser(mean, std)
   channels = len(mean)
   return lambda images: normalise(_to_unit_float(images, channels))

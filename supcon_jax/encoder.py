@@ -33,7 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from supcon_jax import evaluate, methods, models
+from supcon_jax import augment, checkpoint, evaluate, methods, models
 from supcon_jax.data.base import EVAL_CROP
 
 # The files of an export directory (written by export.py).
@@ -46,11 +46,12 @@ CHECKPOINTS = "checkpoints"
 class Encoder:
   """A trained model of any method: `embed(images)` gives r, or z with `projection=True`."""
 
-  def __init__(self, config: ml_collections.ConfigDict, variables: Any, step: int,
-               source: str):
+  def __init__(self, config: ml_collections.ConfigDict, variables: Any,
+               saved: checkpoint.CheckpointRef):
     self.config = config
-    self.step = step
-    self.source = source  # the checkpoint or export directory the variables came from
+    self.step = saved.step
+    # Where the variables came from: the run's checkpoint directory, or the export's.
+    self.checkpoint = saved
     self.method = methods.get(config.method)
     # The flax module: model.apply(variables, normalised images, train=False) -> outputs.
     self.model = self.method.build_model(config.model, config.data.num_classes)
@@ -150,7 +151,7 @@ def _model_input(config: ml_collections.ConfigDict, images: jax.Array) -> jax.Ar
   if x.dtype == jnp.uint8:
     return evaluate.eval_transform(config)(x)
   # Float images keep their precision: the same normalisation, without rounding.
-  return (x - np.asarray(data.mean, np.float32)) / np.asarray(data.std, np.float32)
+  return augment.normaliser(data.mean, data.std)(x)
 
 
 def resize_for_eval(images: jax.Array, size: int, host_resize: bool) -> jax.Array:
@@ -245,7 +246,7 @@ def _from_workdir(workdir: str, step: int | None) -> Encoder:
                        f"{os.path.join(workdir, CONFIG)}: {e}") from e
   finally:
     manager.close()
-  return Encoder(config, variables, int(step), os.path.join(directory, str(step)))
+  return Encoder(config, variables, checkpoint.CheckpointRef(directory, int(step)))
 
 
 def _from_export(directory: str, step: int | None) -> Encoder:
@@ -270,4 +271,4 @@ def _from_export(directory: str, step: int | None) -> Encoder:
   if found != expected:
     raise ValueError(f"{weights_path} does not hold the model that {card_path} describes")
   variables = jax.tree.map(lambda a, s: jax.device_put(a, s.sharding), saved, target)
-  return Encoder(config, variables, int(card["step"]), directory)
+  return Encoder(config, variables, checkpoint.CheckpointRef(directory, int(card["step"])))

@@ -244,12 +244,8 @@ def restore_encoder(config: ml_collections.ConfigDict, workdir: str, mesh: jax.s
         f"config.data.image_size={config.data.image_size} cannot feed the encoder of "
         f"{workdir}: its {stem} stem needs images of at least "
         f"{models.resnet.MIN_IMAGE_SIZE[stem]} pixels a side")
-  # `source` is the checkpoint step's directory (<workdir>/checkpoints/<step>) or an export.
-  directory = (os.path.dirname(trained.source)
-               if os.path.basename(os.path.dirname(trained.source)) == "checkpoints"
-               else trained.source)
   return TrainedEncoder(trained.model.apply, sharding.replicate(trained.variables, mesh),
-                        checkpoint.CheckpointRef(directory, trained.step)), trained.method
+                        trained.checkpoint), trained.method
 
 
 def _fresh_state(config, method, model, train_source, tx, mesh) -> train.TrainState:

@@ -46,7 +46,7 @@ def model_card(encoder: Encoder, results: dict[str, Any] | None) -> dict[str, An
                   "num_classes": c.data.num_classes},
       "training": {"step": encoder.step, "batch_size": c.batch_size, "epochs": c.epochs},
       "results": results,
-      "exported_from": encoder.source,
+      "exported_from": str(encoder.checkpoint),
       "config": c.to_dict(),
   }
 

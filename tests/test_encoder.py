@@ -97,7 +97,7 @@ def test_latest_and_chosen_checkpoint(runs):
   images = np.random.default_rng(1).integers(0, 256, (6, 8, 8, 3), np.uint8)
   latest, second = encoder_lib.load_encoder(workdir), encoder_lib.load_encoder(workdir, 2)
   assert (latest.step, second.step) == (4, 2)
-  assert latest.source == os.path.join(os.path.abspath(workdir), "checkpoints", "4")
+  assert str(latest.checkpoint) == os.path.join(os.path.abspath(workdir), "checkpoints", "4")
   assert not np.allclose(latest.embed(images), second.embed(images))  # two trained states
   assert encoder_lib.load_encoder(workdir, 4).embed(images).tobytes() == \
       latest.embed(images).tobytes()
