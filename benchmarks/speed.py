@@ -187,16 +187,22 @@ def _model_name(case: Case) -> str:
   return f"R{case.depth}{width} {case.stem} {case.image_size}px {case.method}"
 
 
+def _trainer(config: ml_collections.ConfigDict) -> tuple[methods.Method, Any, Any]:
+  """(method, model, optimiser) of the trainer for `config`, as the experiment builds them."""
+  method = methods.get(config.method)
+  model = method.build_model(config.model, config.data.num_classes)
+  tx, _ = optim.make_optimizer(config.optim, batch_size=config.batch_size, steps_per_epoch=100,
+                               total_steps=10_000)
+  return method, model, tx
+
+
 def _abstract_inputs(case: Case, config, method, model, tx, mesh):
   """Shapes, dtypes and shardings of the step's inputs: what compiling needs, no arrays."""
   image_shape = (case.image_size, case.image_size, 3)
 
-  def state():
-    variables = model.init(jax.random.key(0), jnp.zeros((1,) + image_shape), train=False)
-    params, stats = variables["params"], variables.get("batch_stats", {})
-    return train.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
-                            opt_state=tx.init(params), nonfinite_steps=jnp.zeros((), jnp.int32),
-                            first_nonfinite=jnp.zeros((), jnp.int32))
+  def state():  # Method.initial_state without placing it
+    params, stats = train.init_model(model, config.seed, image_shape, mesh)
+    return train.new_state(params, stats, tx, method.initial_momentum(config, params, stats))
 
   place = lambda tree, where: jax.tree.map(
       lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=where), tree)
@@ -210,13 +216,8 @@ def _abstract_inputs(case: Case, config, method, model, tx, mesh):
 def run_compile(case: Case) -> list[dict[str, Any]]:
   """Compiles the step for shapes no machine here need run, and reports XLA's buffers."""
   config = bench_config(case)
-  if config.moco.enabled:
-    raise ValueError("--compile-only does not build a momentum encoder's state")
   mesh = sharding.make_mesh(case.devices)
-  method = methods.get(config.method)
-  model = method.build_model(config.model, config.data.num_classes)
-  tx, _ = optim.make_optimizer(config.optim, batch_size=config.batch_size, steps_per_epoch=100,
-                               total_steps=10_000)
+  method, model, tx = _trainer(config)
   step = train.make_step(method.loss_fn(config, model, mesh), tx, mesh, donate=case.donate)
   start = time.perf_counter()
   compiled = step.lower(*_abstract_inputs(case, config, method, model, tx, mesh)).compile()
@@ -229,14 +230,10 @@ def run_compile(case: Case) -> list[dict[str, Any]]:
 
 def _compiled_step(case: Case, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
   """(compiled step, state, synthetic batch, rng, row fields) for the trainer's own step."""
-  method = methods.get(config.method)
-  model = method.build_model(config.model, config.data.num_classes)
-  tx, _ = optim.make_optimizer(config.optim, batch_size=config.batch_size, steps_per_epoch=100,
-                               total_steps=10_000)
+  method, model, tx = _trainer(config)
   image_shape = (case.image_size, case.image_size, 3)
   start = time.perf_counter()
-  params, batch_stats = train.init_model(model, 0, image_shape, mesh)
-  state = train.create_state(params, batch_stats, tx, mesh)
+  state = method.initial_state(config, model, tx, image_shape, mesh)
   jax.block_until_ready(state)
   init_s = time.perf_counter() - start
   views = method.views(config)

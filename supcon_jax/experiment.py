@@ -171,7 +171,7 @@ def train_encoder(config: ml_collections.ConfigDict, workdir: str, method: metho
 
   total, tx, schedule, step = build(config.epochs)
   rng = jax.random.PRNGKey(config.seed)
-  state = _fresh_state(config, method, model, train_source, tx, mesh)
+  state = method.initial_state(config, model, tx, train_source.image_shape, mesh)
   ckpt = _encoder_checkpointer(config, workdir)
   state = train.resume(state, ckpt)  # refuses a workdir of another run, changing nothing
   if jax.process_index() == 0:  # what the workdir holds, for load_encoder and later stages
@@ -246,13 +246,6 @@ def restore_encoder(config: ml_collections.ConfigDict, workdir: str, mesh: jax.s
         f"{models.resnet.MIN_IMAGE_SIZE[stem]} pixels a side")
   return TrainedEncoder(trained.model.apply, sharding.replicate(trained.variables, mesh),
                         trained.checkpoint), trained.method
-
-
-def _fresh_state(config, method, model, train_source, tx, mesh) -> train.TrainState:
-  """The initial train state: the model's variables, the optimiser's and (moco) the queue's."""
-  params, batch_stats = train.init_model(model, config.seed, train_source.image_shape, mesh)
-  return train.create_state(params, batch_stats, tx, mesh,
-                            momentum=method.initial_momentum(config, params, batch_stats))
 
 
 def _encoder_checkpointer(config, workdir: str) -> checkpoint.Checkpointer:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from supcon_jax import augment, data, losses, models, momentum
+from supcon_jax import augment, data, losses, models, momentum, train
 from supcon_jax.models import chunked
 from supcon_jax.checks import one_of
 from supcon_jax.train import LossFn
@@ -53,6 +53,14 @@ class Method:
   def initial_momentum(self, config: Any, params: Any, batch_stats: Any) -> Any:
     """The momentum encoder's state to train with (`config.moco`), or None."""
     return momentum.initial_state(config, params, batch_stats) if config.moco.enabled else None
+
+  def initial_state(self, config: Any, model: nn.Module, optimizer: Any,
+                    image_shape: tuple[int, ...], mesh: Mesh) -> train.TrainState:
+    """A fresh train state on the mesh: the model's variables (seed `config.seed`), the
+    optimiser's and, with `config.moco`, the momentum encoder's."""
+    params, batch_stats = train.init_model(model, config.seed, image_shape, mesh)
+    return train.create_state(params, batch_stats, optimizer, mesh,
+                              momentum=self.initial_momentum(config, params, batch_stats))
 
   def loss_fn(self, config: Any, model: nn.Module, mesh: Mesh) -> LossFn:
     """The training loss of this method on its augmented views of a batch."""

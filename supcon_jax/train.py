@@ -70,15 +70,21 @@ class Preempted(Exception):
   """SIGTERM arrived; a checkpoint was written and the run can be restarted."""
 
 
-def create_state(params: Any, batch_stats: Any, optimizer: optax.GradientTransformation,
-                 mesh: jax.sharding.Mesh, momentum: Any = None) -> TrainState:
-  """A fresh state, replicated over the mesh (a MomentumTrainState with `momentum`)."""
+def new_state(params: Any, batch_stats: Any, optimizer: optax.GradientTransformation,
+              momentum: Any = None) -> TrainState:
+  """A fresh state, not yet placed on devices (a MomentumTrainState with `momentum`);
+  traceable, so `jax.eval_shape` gives its shapes without building it."""
   fields = dict(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                 opt_state=optimizer.init(params), nonfinite_steps=jnp.zeros((), jnp.int32),
                 first_nonfinite=jnp.full((), -1, jnp.int32))
-  state = (TrainState(**fields) if momentum is None
-           else MomentumTrainState(**fields, momentum=momentum))
-  return sharding.replicate(state, mesh)
+  return (TrainState(**fields) if momentum is None
+          else MomentumTrainState(**fields, momentum=momentum))
+
+
+def create_state(params: Any, batch_stats: Any, optimizer: optax.GradientTransformation,
+                 mesh: jax.sharding.Mesh, momentum: Any = None) -> TrainState:
+  """A fresh state, replicated over the mesh (a MomentumTrainState with `momentum`)."""
+  return sharding.replicate(new_state(params, batch_stats, optimizer, momentum), mesh)
 
 
 def init_model(model: flax.linen.Module, seed: int, image_shape: tuple[int, ...],
