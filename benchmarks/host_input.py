@@ -18,13 +18,14 @@ import time
 import jax
 import numpy as np
 
-from supcon_jax import config as config_lib, data, sharding
+from supcon_jax import config as config_lib
+from supcon_jax import data, sharding
 
 
 def make_folder(root: str, classes: int = 4, per_class: int = 128) -> None:
   """ImageNet-sized JPEGs (500x375) with gradients and noise, in class folders."""
   rng = np.random.default_rng(0)
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import Image
   y, x = np.mgrid[0:375, 0:500]
   for c in range(classes):
     os.makedirs(os.path.join(root, f"c{c}"), exist_ok=True)

@@ -17,7 +17,7 @@ import os
 from typing import Any
 
 from benchmarks import speed
-from supcon_jax import report
+from supcon_jax import results
 
 BEGIN = "<!-- measured: begin (benchmarks/render_performance.py writes this part) -->"
 END = "<!-- measured: end -->"
@@ -52,7 +52,7 @@ def comparison_table(rows: list[dict[str, Any]]) -> str:
     met = {True: "yes", False: "**no**", None: "—"}[r.get("meets_target")]
     lines.append([r["label"], r["model"], _figure(r), _reference(r["reference"]),
                   f"{r['speedup']:.2f}x", _target(r["reference"]), met])
-  return report.markdown_table(["row", "model", "supcon_jax", "PyTorch reference", "speed-up",
+  return results.markdown_table(["row", "model", "supcon_jax", "PyTorch reference", "speed-up",
                                 "target", "met"], lines)
 
 

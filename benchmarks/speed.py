@@ -7,9 +7,9 @@
 
 The step is what `experiment` runs: the method's model and loss from `methods.py` (on-device
 augmentation included), LARS from `optim.make_optimizer`, `train.make_step` with the state
-donated, and a per-step key (`fold_in(rng, state.step)` inside the step). Inputs are random uint8 images sharded over
-the mesh with `sharding.to_global`; e2e feeds the step from the image-folder source held in
-device memory instead.
+donated, and a per-step key (drawn at `state.step` from the run's "pretrain" stream inside the
+step). Inputs are random uint8 images sharded over the mesh with `sharding.to_global`; e2e
+feeds the step from the image-folder source held in device memory instead.
 
 Timing: the step is compiled ahead of time (`lower().compile()`, reported as compile s),
 run for --warmup steps, then timed in --windows windows of --steps-per-window steps, each
@@ -37,7 +37,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,8 +46,21 @@ import jaxlib
 import ml_collections
 import numpy as np
 
-from supcon_jax import augment, config as config_lib, data, losses, methods, models, optim
-from supcon_jax import report, sharding, train
+from supcon_jax import (
+  augment,
+  data,
+  fileio,
+  losses,
+  methods,
+  models,
+  optim,
+  results,
+  rngs,
+  sharding,
+  train,
+  validation,
+)
+from supcon_jax import config as config_lib
 from supcon_jax.checks import one_of
 
 CASES = ("step", "loss", "e2e")
@@ -121,7 +135,7 @@ def environment() -> dict[str, Any]:
   return {"device_kind": devices[0].device_kind, "platform": devices[0].platform,
           "device_count": len(devices), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
           "platform_version": platform_version,
-          "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
           "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
@@ -178,7 +192,7 @@ def bench_config(case: Case) -> ml_collections.ConfigDict:
   c.encoder_chunk_size = case.chunk_size
   if case.case == "e2e":
     c.data.source, c.data.train_dir, c.data.in_memory = "folder", case.data_dir, True
-  config_lib.validate(c)
+  validation.validate(c)
   return c
 
 
@@ -210,7 +224,8 @@ def _abstract_inputs(case: Case, config, method, model, tx, mesh):
            "label": jax.ShapeDtypeStruct((case.batch,), jnp.int32)}
   return (place(jax.eval_shape(state), sharding.replicated(mesh)),
           place(batch, sharding.batch_sharding(mesh)),
-          place(jax.eval_shape(lambda: jax.random.PRNGKey(0)), sharding.replicated(mesh)))
+          place(jax.eval_shape(lambda: rngs.stream(config.seed, "pretrain")),
+                sharding.replicated(mesh)))
 
 
 def run_compile(case: Case) -> list[dict[str, Any]]:
@@ -242,7 +257,7 @@ def _compiled_step(case: Case, config: ml_collections.ConfigDict, mesh: jax.shar
   batch = sharding.to_global(
       {"image": rng.integers(0, 256, (case.batch,) + image_shape, dtype=np.uint8),
        "label": rng.integers(0, case.num_classes, (case.batch,)).astype(np.int32)}, mesh)
-  key = jax.device_put(jax.random.PRNGKey(0), sharding.replicated(mesh))
+  key = jax.device_put(rngs.stream(config.seed, "pretrain"), sharding.replicated(mesh))
   start = time.perf_counter()
   compiled = step.lower(state, batch, key).compile()
   fields = {"init_s": init_s, "compile_s": time.perf_counter() - start, "views": views,
@@ -493,7 +508,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
                   _fmt(r.get("images_per_s"), ",.0f"), f"{r['step_ms']:.2f}",
                   f"{r['compile_s']:.1f}", _fmt(r["peak_bytes"], ".2f", GIB), mfu, speedup,
                   note])
-  return report.markdown_table(header, lines)
+  return results.markdown_table(header, lines)
 
 
 def format_environment(env: dict[str, Any]) -> str:
@@ -506,7 +521,7 @@ def format_environment(env: dict[str, Any]) -> str:
 
 def write_json(path: str, env: dict[str, Any], rows: list[dict[str, Any]]) -> None:
   """The environment, the command line and the rows, as one JSON file."""
-  report.write_json(path, {"environment": env, "command": sys.argv, "rows": rows})
+  fileio.write_json(path, {"environment": env, "command": sys.argv, "rows": rows})
 
 
 # ------------------------------------------------------------------------ command line

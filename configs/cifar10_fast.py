@@ -48,7 +48,7 @@ def get_config(arg: str = ""):
 
   c.batch_size = 1024  # 43 steps per 45,000 images; large batches suit the contrastive loss
   c.epochs = 400.0  # a ceiling: the budget decides
-  # Pre-training and linear evaluation together; 60 s of a 10-minute device command are left
+  # Pre-training and linear evaluation together; 60 s of a 10-minute process are left
   # for the interpreter, JAX, unpacking and decoding the JPEGs, and the report.
   c.time_budget_s = 540.0
   c.time_reserve_s = 75.0  # linear stage on cached features, evaluations, t-SNE

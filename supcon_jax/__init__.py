@@ -1,6 +1,6 @@
 """Supervised Contrastive Learning (Khosla et al., NeurIPS 2020) in JAX/Flax.
 
-`supcon_jax.load_encoder(workdir)` gives a trained model that embeds images (encoder.py).
+`supcon_jax.load_encoder(workdir)` gives a trained model that embeds images (trained.py).
 It is imported on first use, so `import supcon_jax` (e.g. for `__version__`) loads no JAX.
 """
 
@@ -9,7 +9,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_LAZY = {"load_encoder": "supcon_jax.encoder", "Encoder": "supcon_jax.encoder"}
+_LAZY = {"load_encoder": "supcon_jax.trained", "TrainedModel": "supcon_jax.trained"}
 
 
 def __getattr__(name: str) -> Any:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 import types
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,9 +28,27 @@ import numpy as np
 
 # The policy ops are part of this module's public API.
 from supcon_jax.augment_policies import (  # noqa: F401
-    affine_warp, autoaugment, autocontrast, brightness, color, contrast, equalize, identity,
-    invert, luminance, posterize, randaugment, rotate, sharpness, shear_x, shear_y, solarize,
-    solarize_add, translate_x, translate_y)
+  affine_warp,
+  autoaugment,
+  autocontrast,
+  brightness,
+  color,
+  contrast,
+  equalize,
+  identity,
+  invert,
+  luminance,
+  posterize,
+  randaugment,
+  rotate,
+  sharpness,
+  shear_x,
+  shear_y,
+  solarize,
+  solarize_add,
+  translate_x,
+  translate_y,
+)
 from supcon_jax.checks import one_of
 
 POLICIES = ("simaugment", "randaugment", "autoaugment", "cropflip", "none")

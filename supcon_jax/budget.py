@@ -13,14 +13,15 @@ import json
 import logging
 import math
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from supcon_jax import report
+from supcon_jax import fileio
 
 
 def measure_step_seconds(step_fn: Callable, state: Any, batches: Iterator[dict], rng: jax.Array,
@@ -67,5 +68,5 @@ def plan_epochs(config: Any, workdir: str, *, started: float,
           "seconds_left_for_pretraining": left, "budget_s": config.time_budget_s}
   logging.info("time budget: %s", info)
   if jax.process_index() == 0:
-    report.write_json(str(record), info)
+    fileio.write_json(str(record), info)
   return epochs

@@ -5,8 +5,10 @@ statistics, optimiser state, step; the step is also the data position and the RN
 position, since both are derived from the seed and the step) and `meta`, a small JSON
 record of what produced it: `identity`, the config values the run depends on (method,
 model, loss, optimiser, batch, data), so that a resume under other values is refused with
-one line naming them instead of continuing another run or failing with a shape error; and
-`schedule`, the learning-rate schedule decided for the run.
+one line naming them instead of continuing another run or failing with a shape error;
+`rng_scheme`, how random keys were derived from the seed (rngs.RNG_SCHEME; 1 where it is
+missing), so that a run is never continued with other random draws; and `schedule`, the
+learning-rate schedule decided for the run.
 
 Orbax writes each step into a temporary directory and renames it when complete, and
 removes old steps only after a newer one is finalised, so a crash mid-save never costs
@@ -29,6 +31,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
+
+from supcon_jax import rngs
 
 
 class CheckpointError(RuntimeError):
@@ -57,11 +61,11 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, every_steps: int, keep: int, meta: dict[str, Any]):
     """meta["identity"]: {field: value} a restored checkpoint must agree with (on the keys
-    both have, so older checkpoints with fewer fields still resume)."""
+    both have: a checkpoint that recorded fewer fields is compared on those)."""
     self.directory = str(directory)
     self.every_steps = every_steps
     # JSON-normal (tuples become lists), so it compares equal to the meta a restore reads.
-    self.meta = json.loads(json.dumps(meta))
+    self.meta = json.loads(json.dumps({**meta, "rng_scheme": rngs.RNG_SCHEME}))
     self.restored_meta: dict[str, Any] | None = None
     self._saving = None  # the step of the newest save started
     options = ocp.CheckpointManagerOptions(
@@ -88,18 +92,20 @@ class Checkpointer:
                               meta=ocp.args.JsonSave(self.meta))
     try:  # also where the previous asynchronous save's failure surfaces
       self._manager.save(step, args=args, force=True)
-    except Exception as e:  # noqa: BLE001  full disk, quota, permissions: orbax re-raises
+    except Exception as e:
       raise self._save_error(self._saving or step, e) from e
     self._saving = step
 
-  def restore_latest(self, abstract_state: Any, *, step: int | None = None
-                     ) -> tuple[int, Any] | None:
+  def restore_latest(self, abstract_state: Any, *, step: int | None = None,
+                     to_continue: bool = True) -> tuple[int, Any] | None:
     """Restores the newest readable checkpoint into the shardings of `abstract_state`.
 
     Returns None when the directory holds no checkpoint. A checkpoint that cannot be
     read is skipped for the one before it, with a warning; if none can be read, raises
     `CheckpointError` naming the directory rather than silently starting afresh. With
     `step`, restores exactly that checkpoint (FileNotFoundError if it is not there).
+    `to_continue`: the run will go on from it, so it must have drawn its random keys as
+    this version does (a finished state that is only read need not).
     """
     steps = self.steps()
     if step is not None:
@@ -109,7 +115,7 @@ class Checkpointer:
     if not steps:
       return None
     unreadable = []
-    for step in reversed(steps):  # pylint: disable=redefined-argument-from-local
+    for step in reversed(steps):
       try:
         meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
       except Exception as e:  # noqa: BLE001  orbax raises many kinds for a damaged step.
@@ -117,7 +123,7 @@ class Checkpointer:
                         step, self.directory, _short(e))
         unreadable.append(step)
         continue
-      self._check_same_run(meta["meta"])
+      self._check_same_run(meta["meta"], to_continue)
       try:
         restored = self._manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
@@ -147,8 +153,16 @@ class Checkpointer:
       multihost_utils.sync_global_devices("checkpoint_set_aside")
     self._manager.reload()
 
-  def _check_same_run(self, saved: dict[str, Any]) -> None:
-    """CheckpointError naming each identity field whose value this run changes."""
+  def _check_same_run(self, saved: dict[str, Any], to_continue: bool) -> None:
+    """CheckpointError naming each identity field whose value this run changes, or the
+    random-number scheme when the run would continue with other draws."""
+    scheme = saved.get("rng_scheme", 1)
+    if to_continue and scheme != rngs.RNG_SCHEME:
+      raise CheckpointError(
+          f"workdir {os.path.dirname(self.directory)} was trained under random-number scheme "
+          f"{scheme} and this version draws with scheme {rngs.RNG_SCHEME}, so it cannot "
+          "continue that run (use a new workdir; its trained model still loads, e.g. "
+          "--config.stage=linear --config.linear.encoder_workdir=THAT_WORKDIR)")
     theirs, mine = _identity(saved), self.meta.get("identity", {})
     differ = sorted(k for k in set(theirs) & set(mine) if theirs[k] != mine[k])
     if differ:
@@ -171,7 +185,7 @@ class Checkpointer:
     """Blocks until every started save is finalised; CheckpointError if one failed."""
     try:
       self._manager.wait_until_finished()
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
       raise self._save_error(self._saving, e) from e
 
   def close(self) -> None:

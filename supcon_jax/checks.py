@@ -8,7 +8,8 @@ can never disagree.
 
 from __future__ import annotations
 
-from typing import Any, Collection
+from collections.abc import Collection
+from typing import Any
 
 
 def one_of(name: str, value: Any, valid: Collection[Any]) -> None:

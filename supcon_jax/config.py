@@ -1,8 +1,8 @@
-"""The default config every recipe in `configs/` starts from, and its validation.
+"""The default config every recipe in `configs/` starts from.
 
 A recipe is a file with `get_config()` that calls `base_config()` and changes what its
-experiment needs; `validate()` runs before anything is built, so a bad value fails in
-one line naming the field instead of deep inside a jitted step.
+experiment needs. This module imports nothing but ml_collections, so a recipe loads without
+JAX; `validation.validate` checks a config before anything is built.
 """
 
 from __future__ import annotations
@@ -12,18 +12,15 @@ import os
 
 import ml_collections
 
-from supcon_jax import augment, corruptions, data, evaluate, losses, methods, models, momentum
-from supcon_jax import optim, robustness
-from supcon_jax.models import chunked
-from supcon_jax.checks import one_of
 
 def base_config() -> ml_collections.ConfigDict:
   """Every field with its default; recipes in configs/ change what they need."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.method = "supcon"  # supcon | simclr (labels unused) | ce (cross-entropy baseline); methods.py
-  c.stage = "all"  # all | pretrain | linear (linear evaluation of a trained encoder)
-
+  # all: pre-train, then evaluate | pretrain | linear: linear evaluation of a trained encoder
+  # | robustness: score a finished run under corruption (experiment.STAGES)
+  c.stage = "all"
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "arrays"  # tfds | folder | arrays
@@ -132,7 +129,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.robustness.enabled = False  # stage=all: score the trained classifier on corrupted images
   c.robustness.corruptions = ()  # empty: all available (TFDS's copy, or corruptions.py's ten)
   c.robustness.severities = (1, 2, 3, 4, 5)
-  c.robustness.baseline_workdir = ""  # the run mCE is relative to (a multi-method run: ce)
+  c.robustness.baseline_workdir = ""  # the run mCE is relative to
+  # In a run of several methods, the others' mCE is relative to this method's run.
+  c.robustness.baseline_method = "ce"
   c.knn = ml_collections.ConfigDict()  # the weighted cosine kNN classifier on r
   c.knn.k = 20
   c.knn.temperature = 0.1
@@ -183,65 +182,6 @@ def identity(c: ml_collections.ConfigDict) -> dict[str, object]:
 def method_names(c: ml_collections.ConfigDict) -> list[str]:
   """The methods `config.method` names: one, or a comma-separated list to compare."""
   return [m.strip() for m in c.method.split(",")]
-
-
-def validate(c: ml_collections.ConfigDict) -> None:
-  """Fails fast, naming the field, on values that would otherwise fail late or silently.
-
-  Each list of choices is the one its module implements, so the two cannot disagree.
-  """
-  one_of("config.stage", c.stage, methods.STAGES)
-  for name in method_names(c):
-    one_of("config.method", name, methods.METHODS)
-    if c.stage not in methods.METHODS[name].stages:
-      raise ValueError(f"config.stage={c.stage!r}: method {name} has only the stages "
-                       f"{', '.join(methods.METHODS[name].stages)}")
-  one_of("config.data.source", c.data.source, data.SOURCES)
-  one_of("config.data.bad_images", c.data.bad_images, data.BAD_IMAGES)
-  augment.check_config(c.augment, "config.augment")
-  one_of("config.linear.augment", c.linear.augment, evaluate.LINEAR_POLICIES)
-  one_of("config.model.depth", c.model.depth, models.DEPTHS)
-  one_of("config.model.stem", c.model.stem, models.STEMS)
-  one_of("config.model.head", c.model.head, models.HEADS)
-  one_of("config.model.dtype", c.model.dtype, models.DTYPES)
-  one_of("config.loss.variant", c.loss.variant, losses.VARIANTS)
-  one_of("config.loss.contrast_mode", c.loss.contrast_mode, losses.CONTRAST_MODES)
-  optim.check_config(c.optim, "config.optim")
-  optim.check_config(c.linear.optim, "config.linear.optim")
-  positive = {"loss.temperature": c.loss.temperature, "batch_size": c.batch_size,
-              "linear.batch_size": c.linear.batch_size, "epochs": c.epochs,
-              "data.image_size": c.data.image_size, "data.num_classes": c.data.num_classes,
-              "model.width": c.model.width, "model.proj_dim": c.model.proj_dim,
-              "log_every_steps": c.log_every_steps,
-              "checkpoint_every_steps": c.checkpoint_every_steps,
-              "keep_checkpoints": c.keep_checkpoints}
-  for name, value in positive.items():
-    if not value > 0:
-      raise ValueError(f"config.{name}={value!r} must be > 0")
-  if c.loss.base_temperature is not None and not c.loss.base_temperature > 0:
-    raise ValueError(f"config.loss.base_temperature={c.loss.base_temperature!r} must be > 0")
-  min_size = models.resnet.MIN_IMAGE_SIZE[c.model.stem]
-  if c.data.image_size < min_size:
-    raise ValueError(f"config.data.image_size={c.data.image_size} is too small for the "
-                     f"{c.model.stem} stem (at least {min_size})")
-  if c.data.source == "folder" and not c.data.train_dir:
-    raise ValueError("config.data.source='folder' needs config.data.train_dir")
-  for name in method_names(c):
-    views = methods.METHODS[name].views(c)
-    if c.encoder_chunk_size:
-      try:
-        chunked.check_chunk_size(c.encoder_chunk_size, c.batch_size * views)
-      except ValueError as e:
-        raise ValueError(f"config.encoder_chunk_size: {e} (batch_size x views of "
-                         f"{name})") from e
-    if c.moco.enabled and not methods.METHODS[name].contrastive:
-      raise ValueError(f"config.moco.enabled: method {name} has no embeddings to queue; the "
-                       "momentum encoder is for the contrastive methods")
-  if c.moco.enabled:
-    momentum.check_config(c)
-  for s in c.robustness.severities:
-    one_of("config.robustness.severities: severity", s, corruptions.SEVERITIES)
-  robustness.corruption_names(c)
 
 
 def load_config_file(path: str, arg: str = "") -> ml_collections.ConfigDict:

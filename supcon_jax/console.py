@@ -16,17 +16,18 @@ A run that ends without training (a finished one, rerun) writes its records as i
 
 from __future__ import annotations
 
-import importlib
 import logging
 import logging.handlers
 import os
 import sys
-import tempfile
 import textwrap
 import traceback
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from absl import logging as absl_logging
+
+from supcon_jax import tf_setup
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 # Libraries whose warnings are routine chatter, shown only from ERROR up: orbax warns on
@@ -43,8 +44,7 @@ def setup(verbose: bool) -> None:
   root.addHandler(_UntilUnderway())  # every record, for the log.txt that `start` names
   if not verbose:
     # TensorFlow's C++ logs bypass Python's logging (and log.txt): below warnings, hidden.
-    # TensorFlow reads this when it is imported, later (data/tfdata.py, `import_tensorflow`).
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    tf_setup.quiet()
     # Short lines in place of absl's handler (app.run put it on the root logger), which
     # prints every record in full.
     root.removeHandler(absl_logging.get_absl_handler())
@@ -60,8 +60,8 @@ def start(workdir: str, process: int, *, verbose: bool, tensorflow: bool) -> Non
   processes > 0), once the run is under way.
 
   Only local workdirs: a gs:// object cannot be appended to. If the run will use TensorFlow
-  (`tensorflow`) and not `verbose`, it is imported here, its loading notices going to the log
-  (`import_tensorflow`).
+  (`tensorflow`), it is started here, so that what it prints while loading goes to the log
+  now rather than into the middle of the run's lines (tf_setup).
   """
   root = logging.getLogger()
   held = next(h for h in root.handlers if isinstance(h, _UntilUnderway))
@@ -72,33 +72,11 @@ def start(workdir: str, process: int, *, verbose: bool, tensorflow: bool) -> Non
   else:
     held.setTarget(_LogFile(os.path.join(workdir, "log.txt" if process == 0
                                          else f"log.{process}.txt")))
-  if tensorflow and not verbose:
-    import_tensorflow()
-
-
-def import_tensorflow() -> None:
-  """Imports TensorFlow now, moving what its C++ libraries print as they load into log.txt.
-
-  TensorFlow 2.21 prints its oneDNN notice twice while loading, before it reads
-  TF_CPP_MIN_LOG_LEVEL. It is imported through data/tfdata.py, which hides the accelerators
-  from it; the run would import it anyway for its TensorBoard events. Nothing happens where
-  TensorFlow is not installed.
-  """
-  sys.stderr.flush()
-  saved = os.dup(2)
-  with tempfile.TemporaryFile() as captured:
-    os.dup2(captured.fileno(), 2)  # the C++ libraries write to the process's stderr itself
+  if tensorflow:
     try:
-      importlib.import_module("supcon_jax.data.tfdata")
-    except ImportError:
+      tf_setup.tensorflow()
+    except ImportError:  # the run then writes metrics.jsonl only (metrics.Writer says so)
       pass
-    finally:
-      os.dup2(saved, 2)
-      os.close(saved)
-      captured.seek(0)
-      printed = captured.read().decode(errors="replace").strip()
-      if printed:
-        logging.info("TensorFlow printed, loading:\n%s", printed, extra={"console": False})
 
 
 def config_diff(config: Any, base: Any) -> str:

@@ -4,10 +4,10 @@
       [--neighbours=5] [--step=N] [--batch-size=256] [--projection]
 
 DIR holds either one sub-folder per class (torchvision's ImageFolder layout: the folder
-names are the labels) or image files directly (unlabelled). Each file is read as training
-reads image folders held in memory (folder.decode: any image kind, EXIF upright, RGB; then
-resized, or with data.host_resize centre-cropped, with PIL) and embedded by
-`encoder.load_encoder(--workdir)`: r, or z with --projection.
+names are the labels) or image files directly (unlabelled). Each file is decoded as training
+decodes image folders (folder.decode: any image kind, EXIF upright, RGB), then embedded by
+`load_encoder(--workdir)` exactly as `embed` embeds an array of it (its resize to the model's
+size included): r, or z with --projection.
 
 `--out` gets `embeddings` float32 [N, D] and `paths` [N], and with class folders `labels`
 int [N] and `classes`. With `--neighbours K`: prints the K-nearest-neighbour class agreement
@@ -22,16 +22,15 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
-import functools
 import os
 import sys
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from supcon_jax import checkpoint, report
+from supcon_jax import checkpoint, plotting
 from supcon_jax.data import folder
-from supcon_jax.encoder import Encoder, load_encoder
+from supcon_jax.trained import TrainedModel, load_encoder
 
 QUERIES = 6  # rows of the retrieval picture
 _THUMBNAIL = 96  # pixels: the picture shows the files themselves, shrunk
@@ -63,31 +62,28 @@ def _has_images(directory: str) -> bool:
   return False
 
 
-def embed_files(encoder: Encoder, paths: Sequence[str], *, batch_size: int = 256,
+def embed_files(model: TrainedModel, paths: Sequence[str], *, batch_size: int = 256,
                 projection: bool = False, progress: bool = True) -> np.ndarray:
-  """float32 [N, D]: each file read as the in-memory folder source reads it, then embedded."""
+  """float32 [N, D]: each file decoded (folder.decode: any image kind, EXIF upright, RGB),
+  then embedded as `model.embed` embeds an array of it: one resize path for both."""
   parts = []
-  for done, images in _read_batches(paths, encoder, batch_size):
+  for done, images in _read_batches(paths, model, batch_size):
     n = len(images)
     if n < batch_size and len(paths) > batch_size:  # pad the last batch: no second compile
       images = np.concatenate([images, np.zeros((batch_size - n,) + images.shape[1:],
                                                 images.dtype)])
-    parts.append(encoder.embed(images, batch_size=batch_size, projection=projection)[:n])
+    parts.append(model.embed(images, batch_size=batch_size, projection=projection)[:n])
     if progress:
       _progress(done, len(paths))
   return np.concatenate(parts)
 
 
-def _read_batches(paths: Sequence[str], encoder: Encoder, batch_size: int
+def _read_batches(paths: Sequence[str], model: TrainedModel, batch_size: int
                   ) -> Iterator[tuple[int, np.ndarray]]:
-  """(files read so far, uint8 [B, size, size, 3]) batches; the next batch is read (threads)
-  while the caller embeds this one."""
-  # The in-memory folder source's reader: folder.decode, then its resize or centre crop.
-  read = functools.partial(folder._read,  # pylint: disable=protected-access
-                           size=encoder.image_size,
-                           host_resize=bool(encoder.config.data.host_resize))
+  """(files read so far, images [B, size, size, C] as `model.resize` makes them) batches;
+  the next batch is decoded (threads) while the caller embeds this one."""
   with concurrent.futures.ThreadPoolExecutor(min(32, 4 * (os.cpu_count() or 1))) as pool:
-    submit = lambda start: [pool.submit(read, p) for p in paths[start:start + batch_size]]
+    submit = lambda start: [pool.submit(_decode, p) for p in paths[start:start + batch_size]]
     pending = submit(0)
     for start in range(0, len(paths), batch_size):
       current, pending = pending, submit(start + batch_size)
@@ -96,8 +92,16 @@ def _read_batches(paths: Sequence[str], encoder: Encoder, batch_size: int
         result = future.result()
         if isinstance(result, Exception):
           raise ValueError(f"cannot read image {path}: {result}")
-        images.append(result)
+        images.append(model.resize(result[None])[0])  # images differ in size: one at a time
       yield start + len(images), np.stack(images)
+
+
+def _decode(path: str) -> np.ndarray | Exception:
+  """uint8 [H, W, 3] of the file, or the exception that reading it raised."""
+  try:
+    return np.asarray(folder.decode(path), np.uint8)
+  except Exception as err:  # noqa: BLE001  PIL reports corrupt data many ways
+    return err
 
 
 def _progress(done: int, total: int, width: int = 30) -> None:
@@ -130,35 +134,6 @@ def class_agreement(neighbours: np.ndarray, labels: np.ndarray) -> float:
   return float(np.mean(labels[neighbours] == labels[:, None]))
 
 
-def plot_neighbours(paths: Sequence[str], neighbours: np.ndarray, sims: np.ndarray,
-                    labels: np.ndarray | None, classes: Sequence[str] | None, out: str,
-                    *, queries: int = QUERIES) -> str:
-  """Saves a PNG: `queries` images spread over the list, each with its neighbours."""
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  rows = np.linspace(0, len(paths) - 1, min(queries, len(paths))).round().astype(int)
-  cols = neighbours.shape[1] + 1
-  fig = Figure(figsize=(1.3 * cols, 1.5 * len(rows)), dpi=100)
-  for r, q in enumerate(rows):
-    for c, i in enumerate([q, *neighbours[q]]):
-      ax = fig.add_subplot(len(rows), cols, r * cols + c + 1)
-      ax.imshow(_thumbnail(paths[i]))
-      ax.set_xticks([])
-      ax.set_yticks([])
-      name = classes[labels[i]] if labels is not None else os.path.basename(paths[i])
-      if c == 0:
-        colour, title = "black", f"query: {name}"
-      else:
-        colour = "grey" if labels is None else ("green" if labels[i] == labels[q] else "red")
-        title = f"{name} {sims[q, c - 1]:.2f}"
-      ax.set_title(title, fontsize=6)
-      for spine in ax.spines.values():
-        spine.set_edgecolor(colour)
-        spine.set_linewidth(3)
-  fig.suptitle("nearest neighbours (cosine similarity)", fontsize=8)
-  report.save_png(fig, out)
-  return out
-
-
 def _thumbnail(path: str) -> np.ndarray:
   image = folder.decode(path)
   image.thumbnail((_THUMBNAIL, _THUMBNAIL))
@@ -185,8 +160,8 @@ def run(workdir: str, images: str, out: str, *, neighbours: int = 0, step: int |
   if neighbours and not 1 <= neighbours < len(paths):
     raise ValueError(f"--neighbours {neighbours} needs 1 <= K < the number of images "
                      f"({len(paths)})")
-  encoder = load_encoder(workdir, step)
-  embeddings = embed_files(encoder, paths, batch_size=batch_size, projection=projection)
+  model = load_encoder(workdir, step)
+  embeddings = embed_files(model, paths, batch_size=batch_size, projection=projection)
   if not out.endswith(".npz"):
     out += ".npz"  # what np.savez would name it
   os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
@@ -194,11 +169,13 @@ def run(workdir: str, images: str, out: str, *, neighbours: int = 0, step: int |
   if labels is not None:
     arrays.update(labels=labels, classes=np.asarray(classes, str))
   np.savez(out, **arrays)
-  done = Embedded(out, len(paths), encoder.method.name, encoder.step)
+  done = Embedded(out, len(paths), model.method.name, model.step)
   if neighbours:
     idx, sims = nearest_neighbours(embeddings, neighbours)
-    picture = plot_neighbours(paths, idx, sims, labels, classes,
-                              out[:-len(".npz")] + "_neighbours.png")
+    names = ([classes[i] for i in labels] if labels is not None
+             else [os.path.basename(p) for p in paths])
+    picture = plotting.neighbours(lambda i: _thumbnail(paths[i]), idx, sims, names, labels,
+                                  out[:-len(".npz")] + "_neighbours.png", queries=QUERIES)
     agreement = None if labels is None else class_agreement(idx, labels)
     done = dataclasses.replace(done, picture=picture, agreement=agreement)
   return done

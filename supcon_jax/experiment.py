@@ -1,206 +1,346 @@
 """`train_and_evaluate(config, workdir)`: one experiment, as a short recipe.
 
-What each method runs, by `config.stage` (the methods are the records of `methods.py`):
+`config.stage` picks one of `STAGES`, each a short function below:
 
-  stage       supcon, simclr (evaluation: linear)      ce (evaluation: classifier)
-  all         train_encoder  -> linear_evaluation      train_encoder  -> classifier_evaluation
-  pretrain    train_encoder                            train_encoder
-  linear      restore_encoder -> linear_evaluation     restore_encoder -> linear_evaluation
-  robustness  restore_encoder + its linear classifier  restore_encoder (own classifier)
-              -> robustness_evaluation                 -> robustness_evaluation
+  all         pretrain, then evaluate as the method says (a linear classifier on the frozen r,
+              or the model's own classifier), kNN top-1 and the embedding picture; then,
+              with robustness.enabled, the scores under corruption
+  pretrain    pretrain only
+  linear      a trained model (this workdir's, or linear.encoder_workdir's on another
+              dataset: transfer) -> a linear classifier on its frozen r, kNN, picture
+              (and robustness, when enabled)
+  robustness  a finished run's model and classifier -> scores under corruption
 
-`restore_encoder` may take the encoder of another workdir and dataset (`linear.encoder_workdir`:
-transfer). Every evaluation also reports kNN top-1 on r and draws the embedding picture; with
-`robustness.enabled`, stage all ends with the robustness evaluation too. `config.method` may
-list several methods ("supcon,ce"): each runs in `<workdir>/<method>`, then a table (and
-the cross-entropy run is the others' robustness baseline).
+Every stage merges its figures into `<workdir>/results.json` (results.py: results only
+grow). `config.method` may list several methods ("supcon,ce"): each runs in
+`<workdir>/<method>`, then one table, and the `robustness.baseline_method` run is the others'
+robustness baseline. A transfer evaluates the method its encoder was trained with.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import ml_collections
 from etils import epath
 
-from supcon_jax import budget, checkpoint, config as config_lib, data, encoder as encoder_lib
-from supcon_jax import evaluate, methods, metrics, models, optim, report, robustness, sharding
-from supcon_jax import train
-from supcon_jax.data import Source
-from supcon_jax.evaluate import TrainedEncoder
+from supcon_jax import (
+  budget,
+  checkpoint,
+  data,
+  evaluate,
+  fileio,
+  linear_probe,
+  methods,
+  metrics,
+  models,
+  optim,
+  plotting,
+  results,
+  rngs,
+  robustness,
+  sharding,
+  train,
+  trained,
+  validation,
+)
+from supcon_jax import config as config_lib
+from supcon_jax.checks import one_of
+from supcon_jax.trained import TrainedModel
+
+
+@dataclasses.dataclass
+class Run:
+  """One method's run of a stage, as every stage function sees it."""
+  config: ml_collections.ConfigDict  # of one method
+  workdir: str
+  method: methods.Method
+  mesh: jax.sharding.Mesh
+  started: float
+  trained_steps: int = 0  # steps any stage trained in this process (pretraining, linear)
+
+  @functools.cached_property
+  def train_source(self) -> data.Source:
+    # Streamed images of mixed sizes get each view's random-resized crop while decoding.
+    return _source(self.config, "train", self.config.batch_size, self.mesh,
+                   data.Crops(self.method.views(self.config),
+                              tuple(self.config.augment.crop_scale)))
+
+  def check_dataset(self, *fields: str, evaluates: bool = True) -> None:
+    """Before any work: the splits it reads are listed (a bad image folder fails now, not
+    after training), and the batches and k that `fields` name fit the training split."""
+    validation.check_dataset(self.config, self.train_source.num_examples, fields)
+    if evaluates:
+      _ = self.eval_source
+
+  @functools.cached_property
+  def eval_source(self) -> data.Source:
+    return _source(self.config, "eval", self.config.batch_size, self.mesh)
+
+  @property
+  def transfer(self) -> bool:
+    """Whether the model comes from another workdir (linear.encoder_workdir)."""
+    return bool(self.config.linear.encoder_workdir)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Every check of `config` before anything runs: its stage (one of `STAGES`) and its
+  fields (validation.py)."""
+  one_of("config.stage", config.stage, STAGES)
+  validation.validate(config)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Runs `config.stage` of every method in `config.method`; returns (and writes) results."""
-  config_lib.validate(config)
+  validate(config)
+  validation.check_devices(config, jax.device_count())
+  if config.stage in ("linear", "robustness") and config.linear.encoder_workdir:
+    config = _transfer_config(config)  # one run, of the method its encoder was trained with
   names = config_lib.method_names(config)
   if len(names) == 1:
     result = run_method(config, workdir)
-    _print_tables({config.method: result})
+    _print_tables({result["method"]: result})
     return result
-  results = {}
-  for name in names:
-    sub = ml_collections.ConfigDict(config.to_dict())
-    sub.method = name
-    results[name] = run_method(sub, os.path.join(workdir, name))
-  _compare_robustness(results, workdir)
-  report.write_json(os.path.join(workdir, "results.json"), results)
-  _print_tables(results)
-  return results
-
-
-def _print_tables(results: dict[str, dict[str, Any]]) -> None:
-  """The run's last lines on the console: its accuracies, and robustness where scored."""
+  per_method = {name: run_method(_one_method(config, name), os.path.join(workdir, name))
+                for name in names}
+  _compare_robustness(config, per_method, workdir)
   if jax.process_index() == 0:
-    print(report.run_tables(results), flush=True)
+    results.merge(workdir, per_method)
+  _print_tables(per_method)
+  return per_method
 
 
 def run_method(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """One method's stage, in `workdir`; its results also go to `<workdir>/results.json`."""
+  """One method's stage in `workdir`; returns its results.json after merging its figures."""
   started = time.time()
   _check_writable(workdir)
-  method = methods.get(config.method)
-  mesh = sharding.make_mesh()
-  # Streamed images of mixed sizes get each view's random-resized crop while decoding.
-  train_source = _source(config, "train", config.batch_size, mesh,
-                         data.Crops(method.views(config), tuple(config.augment.crop_scale)))
-  eval_source = _source(config, "eval", config.batch_size, mesh)
-  results: dict[str, Any] = {"method": method.name, "stage": config.stage}
-  if config.stage in ("linear", "robustness"):
-    # A transfer run's linear classifier is here, its encoder in linear.encoder_workdir.
-    encoder_dir = config.linear.encoder_workdir or workdir
-    encoder, method = restore_encoder(config, encoder_dir, mesh)
-  else:
-    model = method.build_model(config.model, config.data.num_classes)
-    encoder, training = train_encoder(config, workdir, method, model, train_source,
-                                      eval_source, mesh, started)
-    results.update(training)
-  results["encoder_steps"] = encoder.checkpoint.step
-  if config.stage != "pretrain":
-    own = method.evaluation == methods.CLASSIFIER and config.stage != "linear"
-    outputs = ("repr", "logits") if own else ("repr",)
-    eval_out = evaluate.encode(encoder, eval_source.eval_batches(),
-                               evaluate.eval_transform(config), outputs=outputs)
-    if own:
-      classify = evaluate.own_classifier
-      results.update(evaluate.classifier_evaluation(eval_out))
-    elif config.stage == "robustness":
-      classify = evaluate.restore_linear_classifier(config, workdir, encoder,
-                                                    eval_out["repr"].shape[1], mesh)
-    else:
-      accuracy, classify = evaluate.linear_evaluation(
-          config, encoder, _linear_source(config, train_source, mesh), eval_out, mesh=mesh,
-          workdir=workdir)
-      results.update(accuracy)
-    if config.stage != "robustness":
-      results["knn_top1"] = evaluate.knn_accuracy(config, encoder, train_source, eval_out)
-      if config.embedding_plot and jax.process_index() == 0:
-        evaluate.plot_embedding(eval_out["repr"], eval_out["label"],
-                                os.path.join(workdir, "embedding.png"),
-                                title=f"{method.name}: r on the eval split", seed=config.seed)
-    if config.stage == "robustness" or config.robustness.enabled:
-      results["robustness"] = robustness_evaluation(config, workdir, encoder, classify, outputs,
-                                                    eval_source, mesh, eval_out)
-  results["wall_time_s"] = time.time() - started
+  before = results.load(workdir) if results.exists(workdir) else {}
+  run = Run(config, workdir, methods.get(config.method), sharding.make_mesh(), started)
+  figures = {"method": run.method.name, **STAGES[config.stage](run)}
+  if run.trained_steps:  # a re-run that trained nothing keeps the time of the one that did
+    timed = "linear_time_s" if config.stage == "linear" else "wall_time_s"
+    figures[timed] = time.time() - started
+  merged = {**before, **figures}
   if jax.process_index() == 0:
-    # A robustness stage adds its block to the finished run's results; the rest stays.
-    saved = ({**_previous_results(workdir), "robustness": results["robustness"]}
-             if config.stage == "robustness" else results)
-    report.write_json(os.path.join(workdir, "results.json"), saved)
-  logging.info("results: %s", results, extra={"console": False})  # the table is for people
-  return results
+    results.write(workdir, merged)
+  logging.info("results: %s", merged, extra={"console": False})  # the table is for people
+  return merged
 
 
-def robustness_evaluation(config: ml_collections.ConfigDict, workdir: str,
-                          encoder: TrainedEncoder, classify: evaluate.Classify,
-                          outputs: tuple[str, ...], eval_source: Source,
-                          mesh: jax.sharding.Mesh, clean: dict[str, Any]) -> dict[str, Any]:
-  """Top-1 under every corruption and severity; CE and mCE against the baseline run when
-  `robustness.baseline_workdir` names one; the severity curve and the corruption grid.
-  `clean`: the `outputs` on the clean evaluation split."""
-  result, firsts = robustness.evaluate_corruptions(config, encoder, classify, outputs,
-                                                   eval_source, mesh, clean)
-  baseline = robustness.baseline_path(config, workdir)
-  if baseline:
-    result.update(robustness.corruption_errors(result, robustness.load_result(baseline)),
-                  baseline=baseline)
-  if jax.process_index() == 0:
-    robustness.plot_severity_curves({config.method: result},
-                                    os.path.join(workdir, "robustness.png"))
-    robustness.plot_corruption_grid(firsts, os.path.join(workdir, "corruptions.png"))
-  return result
+# ---------------------------------------------------------------------------- the stages
+
+def _all(run: Run) -> dict[str, Any]:
+  own = run.method.evaluation == methods.CLASSIFIER
+  run.check_dataset("batch_size", "knn.k", *(() if own else ("linear.batch_size",)))
+  model, figures = _pretrain(run)
+  evaluated, classify, clean = _evaluate(run, model, own_classifier=own)
+  return {**figures, **evaluated, "stage": "all", **_robustness_if_enabled(run, model, classify,
+                                                                          clean)}
 
 
-def _compare_robustness(results: dict[str, dict[str, Any]], workdir: str) -> None:
-  """In a multi-method run, each method's corruption errors against the ce run, and one
-  picture of every method's top-1 against severity."""
-  scored = {name: r["robustness"] for name, r in results.items() if "robustness" in r}
-  if not scored or jax.process_index() != 0:
-    return
-  if "ce" in scored:
-    for name, r in scored.items():
-      if name != "ce" and "baseline" not in r:
-        r.update(robustness.corruption_errors(r, scored["ce"]), baseline="ce")
-        report.write_json(os.path.join(workdir, name, "results.json"), results[name])
-  robustness.plot_severity_curves(scored, os.path.join(workdir, "robustness.png"))
+def _pretrain_only(run: Run) -> dict[str, Any]:
+  run.check_dataset("batch_size", evaluates=bool(run.config.eval_every_epochs))
+  return {**_pretrain(run)[1], "stage": "pretrain"}
 
 
-def _previous_results(workdir: str) -> dict[str, Any]:
-  """The results.json a finished run left, which a robustness stage adds to."""
-  path = epath.Path(workdir) / "results.json"
-  return report.load_results(workdir) if path.exists() else {}
+def _linear(run: Run) -> dict[str, Any]:
+  run.check_dataset("linear.batch_size", "knn.k")
+  model = _restore(run)
+  evaluated, classify, clean = _evaluate(run, model, own_classifier=False)
+  return {**_provenance(run, model), **evaluated, "stage": "linear",
+          **_robustness_if_enabled(run, model, classify, clean)}
 
 
-def train_encoder(config: ml_collections.ConfigDict, workdir: str, method: methods.Method,
-                  model: Any, train_source: Source, eval_source: Source,
-                  mesh: jax.sharding.Mesh, started: float
-                  ) -> tuple[TrainedEncoder, dict[str, Any]]:
-  """Trains the model with the method's loss, resuming from `workdir` if it has checkpoints."""
-  steps_per_epoch = train_source.steps_per_epoch
-  loss_fn = method.loss_fn(config, model, mesh)
+def _robustness(run: Run) -> dict[str, Any]:
+  model = _restore(run)
+  own = run.method.evaluation == methods.CLASSIFIER and not run.transfer
+  outputs = ("repr", "logits") if own else ("repr",)
+  clean = evaluate.encode(model, run.eval_source.eval_batches(), outputs=outputs)
+  classify = (evaluate.own_classifier if own else linear_probe.restore_classifier(
+      run.config, run.workdir, model, clean["repr"].shape[1], run.mesh))
+  return {"robustness": _score_robustness(run, model, classify, clean)}
+
+
+STAGES: dict[str, Callable[[Run], dict[str, Any]]] = {
+    "all": _all, "pretrain": _pretrain_only, "linear": _linear, "robustness": _robustness}
+
+
+# ------------------------------------------------------------------- what the stages share
+
+def _pretrain(run: Run) -> tuple[TrainedModel, dict[str, Any]]:
+  """Trains the model with the method's loss, resuming from the workdir's checkpoints:
+  (the trained model, its training figures; only the steps trained now are timed)."""
+  config, source = run.config, run.train_source
+  steps_per_epoch = source.steps_per_epoch
+  model = run.method.build_model(config.model, config.data.num_classes)
+  loss_fn = run.method.loss_fn(config, model, run.mesh)
 
   def build(epochs):
     total = max(1, int(epochs * steps_per_epoch))  # as the linear stage: never 0 steps
     tx, schedule = optim.make_optimizer(config.optim, batch_size=config.batch_size,
                                         steps_per_epoch=steps_per_epoch, total_steps=total)
-    return total, tx, schedule, train.make_step(loss_fn, tx, mesh)
+    return total, tx, schedule, train.make_step(loss_fn, tx, run.mesh)
 
   total, tx, schedule, step = build(config.epochs)
-  rng = jax.random.PRNGKey(config.seed)
-  state = method.initial_state(config, model, tx, train_source.image_shape, mesh)
-  ckpt = _encoder_checkpointer(config, workdir)
+  rng = rngs.stream(config.seed, "pretrain")
+  monitor = evaluate.monitor(config, run.method, source, run.eval_source)
+  state = run.method.initial_state(config, model, tx, source.image_shape, run.mesh)
+  ckpt = _checkpointer(config, run.workdir)
   state = train.resume(state, ckpt)  # refuses a workdir of another run, changing nothing
   if jax.process_index() == 0:  # what the workdir holds, for load_encoder and later stages
-    report.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-  probe = lambda: budget.measure_step_seconds(step, state, train_source.train_batches(), rng)
-  epochs = _decide_epochs(config, workdir, ckpt, started, probe=probe,
+    fileio.write_json(os.path.join(run.workdir, trained.CONFIG), config.to_dict())
+  probe = lambda: budget.measure_step_seconds(step, state, source.train_batches(), rng)
+  epochs = _decide_epochs(config, run.workdir, ckpt, run.started, probe=probe,
                           steps_per_epoch=steps_per_epoch)
   if epochs != config.epochs:
     total, tx, schedule, step = build(epochs)
   _record_schedule(config, ckpt, epochs, steps_per_epoch, total)
-  views = method.views(config)
-  loop = train.LoopSettings(
-      name=method.name, num_steps=total, steps_per_epoch=steps_per_epoch,
-      images_per_step=config.batch_size * views, ckpt=ckpt,
-      writer=metrics.Writer(workdir, tensorboard=config.tensorboard),
-      log_every=config.log_every_steps, skip_nonfinite=config.skip_nonfinite, schedule=schedule,
-      every_epoch=evaluate.monitor(config, method, model, train_source, eval_source),
-      started=started)
-  t0 = time.time()
+  views = run.method.views(config)
   first = int(state.step)
+  if first >= total:
+    logging.info("[%s] nothing left to train: checkpoint %d in %s ends the run", run.method.name,
+                 first, ckpt.directory)
+  loop = train.LoopSettings(
+      name=run.method.name, num_steps=total, steps_per_epoch=steps_per_epoch,
+      images_per_step=config.batch_size * views, ckpt=ckpt,
+      writer=metrics.Writer(run.workdir, tensorboard=config.tensorboard),
+      log_every=config.log_every_steps, skip_nonfinite=config.skip_nonfinite,
+      schedule=schedule, started=run.started, every_epoch=monitor)
+  t0 = time.time()
   with loop.writer:
-    state = train.fit(loop, state, step, train_source.train_batches, rng)
+    state = train.fit(loop, state, step, source.train_batches, rng)
   ckpt.close()
   seconds = time.time() - t0
-  encoder = TrainedEncoder(model.apply, _variables(state),
-                           checkpoint.CheckpointRef(ckpt.directory, total))
-  return encoder, {"epochs": epochs, "train_time_s": seconds,
-                   "images_per_sec": (total - first) * config.batch_size * views
-                                     / max(seconds, 1e-9)}
+  model = TrainedModel(config, {"params": state.params, "batch_stats": state.batch_stats},
+                       checkpoint.CheckpointRef(ckpt.directory, total))
+  figures = {"encoder_steps": total}
+  if total > first:
+    run.trained_steps += total - first
+    figures.update(epochs=epochs, train_time_s=seconds,
+                   images_per_sec=(total - first) * config.batch_size * views
+                                  / max(seconds, 1e-9))
+  return model, figures
+
+
+def _evaluate(run: Run, model: TrainedModel, *, own_classifier: bool
+              ) -> tuple[dict[str, Any], evaluate.Classify, dict[str, Any]]:
+  """The model's accuracy on the evaluation split (its own classifier, or a linear one
+  trained on its frozen r), kNN top-1 and the embedding picture: (figures, the classifier's
+  logits function, the outputs on the clean split)."""
+  config = run.config
+  outputs = ("repr", "logits") if own_classifier else ("repr",)
+  clean = evaluate.encode(model, run.eval_source.eval_batches(), outputs=outputs)
+  if own_classifier:
+    figures, classify = evaluate.classifier_evaluation(clean), evaluate.own_classifier
+  else:
+    figures, classify, steps = linear_probe.train_classifier(
+        config, model, _linear_source(run), clean, mesh=run.mesh, workdir=run.workdir)
+    run.trained_steps += steps
+  figures["knn_top1"] = evaluate.knn_accuracy(config, model, run.train_source, clean)
+  if config.embedding_plot and jax.process_index() == 0:
+    plotting.embedding(clean["repr"], clean["label"], os.path.join(run.workdir, "embedding.png"),
+                       title=f"{run.method.name}: r on the eval split", seed=config.seed)
+  return figures, classify, clean
+
+
+def _robustness_if_enabled(run: Run, model: TrainedModel, classify: evaluate.Classify,
+                           clean: dict[str, Any]) -> dict[str, Any]:
+  if not run.config.robustness.enabled:
+    return {}
+  return {"robustness": _score_robustness(run, model, classify, clean)}
+
+
+def _score_robustness(run: Run, model: TrainedModel, classify: evaluate.Classify,
+                      clean: dict[str, Any]) -> dict[str, Any]:
+  """Top-1 under every corruption and severity; CE and mCE against the baseline run when
+  `robustness.baseline_workdir` names one; the severity curve and the corruption grid.
+  `clean`: the model's outputs on the clean evaluation split."""
+  outputs = tuple(k for k in clean if k != "label")
+  block, firsts = robustness.evaluate_corruptions(run.config, model, classify, outputs,
+                                                  run.eval_source, run.mesh, clean)
+  baseline = robustness.baseline_path(run.config, run.workdir)
+  if baseline:
+    block.update(robustness.corruption_errors(block, robustness.load_result(baseline)),
+                 baseline=baseline)
+  if jax.process_index() == 0:
+    _plot_severity_curves({run.method.name: block}, os.path.join(run.workdir, "robustness.png"))
+    plotting.corruption_grid(firsts, os.path.join(run.workdir, "corruptions.png"))
+  return block
+
+
+def _restore(run: Run) -> TrainedModel:
+  """The model trained in the workdir, or in linear.encoder_workdir (transfer): its newest
+  checkpoint or linear.encoder_step, on the mesh. It is rebuilt from that run's own config,
+  so it may come from another dataset (other classes, image size)."""
+  config = run.config
+  where = config.linear.encoder_workdir or run.workdir
+  model = trained.load_encoder(where, step=config.linear.encoder_step or None)
+  stem = model.config.model.stem
+  if config.data.image_size < models.resnet.MIN_IMAGE_SIZE[stem]:
+    raise ValueError(
+        f"config.data.image_size={config.data.image_size} cannot feed the encoder of "
+        f"{where}: its {stem} stem needs images of at least "
+        f"{models.resnet.MIN_IMAGE_SIZE[stem]} pixels a side")
+  logging.info("[%s] the model of %s, checkpoint %d", model.method.name, where, model.step)
+  return model.on(run.mesh)
+
+
+def _provenance(run: Run, model: TrainedModel) -> dict[str, Any]:
+  """Which model a linear stage evaluated: its checkpoint step (and workdir, for a transfer)."""
+  if run.transfer:
+    return {"encoder_steps": model.step, "encoder_workdir": run.config.linear.encoder_workdir}
+  return {"encoder_steps": model.step}
+
+
+def _transfer_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config of a transfer: the method is the encoder's, whatever config.method says."""
+  encoder_workdir = config.linear.encoder_workdir
+  method = trained.saved_config(encoder_workdir).method
+  if config.method != method:
+    logging.warning("config.method=%r is ignored: a transfer evaluates the encoder of %s, "
+                    "trained with %s", config.method, encoder_workdir, method)
+  return _one_method(config, method)
+
+
+def _one_method(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  one = ml_collections.ConfigDict(config.to_dict())
+  one.method = name
+  return one
+
+
+def _compare_robustness(config: ml_collections.ConfigDict, per_method: dict[str, dict[str, Any]],
+                        workdir: str) -> None:
+  """In a multi-method run, each method's corruption errors against the
+  `robustness.baseline_method` run, and one picture of every method's top-1 against
+  severity."""
+  scored = {name: r["robustness"] for name, r in per_method.items() if "robustness" in r}
+  if not scored or jax.process_index() != 0:
+    return
+  base = config.robustness.baseline_method
+  if base in scored:
+    for name, block in scored.items():
+      if name != base and "baseline" not in block:
+        block.update(robustness.corruption_errors(block, scored[base]), baseline=base)
+        results.merge(os.path.join(workdir, name), {"robustness": block})
+  _plot_severity_curves(scored, os.path.join(workdir, "robustness.png"))
+
+
+def _plot_severity_curves(blocks: dict[str, dict[str, Any]], path: str) -> None:
+  plotting.severity_curves({name: (b["severities"], b["clean_top1"], results.severity_means(b))
+                            for name, b in blocks.items()}, path)
+
+
+def _print_tables(per_method: dict[str, dict[str, Any]]) -> None:
+  """The run's last lines on the console: its accuracies, and robustness where scored."""
+  if jax.process_index() == 0:
+    print(results.run_tables(per_method), flush=True)
 
 
 def _decide_epochs(config, workdir: str, ckpt: checkpoint.Checkpointer, started: float, *,
@@ -232,46 +372,28 @@ def _record_schedule(config, ckpt: checkpoint.Checkpointer, epochs: float,
   ckpt.set_meta(schedule={"epochs": epochs, **plan})
 
 
-def restore_encoder(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh
-                    ) -> tuple[TrainedEncoder, methods.Method]:
-  """The model trained in `workdir` (its newest checkpoint, or `linear.encoder_step`), and its
-  method. It is rebuilt from that run's own config, so it may come from another dataset
-  (other classes, image size): transfer."""
-  trained = encoder_lib.load_encoder(workdir, step=config.linear.encoder_step or None)
-  stem = trained.config.model.stem
-  if config.data.image_size < models.resnet.MIN_IMAGE_SIZE[stem]:
-    raise ValueError(
-        f"config.data.image_size={config.data.image_size} cannot feed the encoder of "
-        f"{workdir}: its {stem} stem needs images of at least "
-        f"{models.resnet.MIN_IMAGE_SIZE[stem]} pixels a side")
-  return TrainedEncoder(trained.model.apply, sharding.replicate(trained.variables, mesh),
-                        trained.checkpoint), trained.method
-
-
-def _encoder_checkpointer(config, workdir: str) -> checkpoint.Checkpointer:
+def _checkpointer(config, workdir: str) -> checkpoint.Checkpointer:
   return checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  every_steps=config.checkpoint_every_steps,
                                  keep=config.keep_checkpoints,
                                  meta={"identity": config_lib.identity(config)})
 
 
-def _variables(state: train.TrainState) -> dict[str, Any]:
-  return {"params": state.params, "batch_stats": state.batch_stats}
-
-
-def _source(config, split: str, batch: int, mesh, crops: data.Crops = data.Crops()) -> Source:
+def _source(config, split: str, batch: int, mesh, crops: data.Crops = data.Crops()
+            ) -> data.Source:
   return data.make_source(config.data, split=split, global_batch=batch, mesh=mesh,
                           seed=config.seed, crops=crops)
 
 
-def _linear_source(config, train_source: Source, mesh) -> Source:
+def _linear_source(run: Run) -> data.Source:
   """The training split for the linear classifier: one crop per image, its batch size.
 
   The pre-training source serves where it matches (same batch, and the device crops).
   """
+  config = run.config
   if config.linear.batch_size == config.batch_size and not data.crops_on_host(config.data):
-    return train_source
-  return _source(config, "train", config.linear.batch_size, mesh,
+    return run.train_source
+  return _source(config, "train", config.linear.batch_size, run.mesh,
                  data.Crops(1, tuple(config.linear.crop_scale)))
 
 

@@ -15,7 +15,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from supcon_jax import checkpoint, config as config_lib, console, experiment, train
+from supcon_jax import checkpoint, console, experiment, train, validation
+from supcon_jax import config as config_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics.jsonl, TensorBoard events and "
@@ -27,7 +28,9 @@ flags.DEFINE_string("coordinator_address", None, "With --distributed: host:port 
                     "for a cluster JAX does not detect (also read from JAX_COORDINATOR_ADDRESS).")
 flags.DEFINE_integer("num_processes", None, "With --distributed: the number of processes.")
 flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.")
-flags.DEFINE_bool("dry_run", False, "Check and print the resolved config, then exit.")
+flags.DEFINE_bool("dry_run", False, "Check the resolved config as a run checks it at start-up "
+                  "(without --distributed, its batches against this machine's devices too), "
+                  "print it, then exit.")
 flags.DEFINE_bool("verbose", False, "Every log record of every library on the console, in "
                   "absl's format (they always go to <workdir>/log.txt).")
 config_flags.DEFINE_config_file("config", None, "A config file with get_config().",
@@ -45,8 +48,11 @@ def main(argv: list[str]) -> None:
   console.setup(FLAGS.verbose)
   config = FLAGS.config
   try:
-    config_lib.validate(config)
+    experiment.validate(config)
     if FLAGS.dry_run:
+      # What the run checks before it starts, but the devices of a cluster it has not joined.
+      if not FLAGS.distributed:
+        validation.check_devices(config, jax.device_count())
       print(config)
       print(f"workdir: {FLAGS.workdir}")
       return
@@ -62,7 +68,12 @@ def main(argv: list[str]) -> None:
                  "" if devices == 1 else "s")
     experiment.train_and_evaluate(config, FLAGS.workdir)
   except train.Preempted as e:
-    logging.warning("%s", e)  # exit 0: the scheduler restarts the job, which resumes
+    logging.warning("%s", e)
+    if e.signal == "SIGINT":  # the shell's convention for a run ended by Ctrl-C
+      sys.exit(130)
+    # SIGTERM: exit 0, so the scheduler restarts the job, which resumes
+  except KeyboardInterrupt:  # a second Ctrl-C, or one outside a training loop
+    _fail("interrupted (Ctrl-C): nothing saved since the last checkpoint", code=130)
   except _USER_ERRORS as e:
     # For log.txt; the console gets _fail's line.
     logging.error("%s: %s", type(e).__name__, e, extra={"console": False})
@@ -73,7 +84,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with a bad flag, config file or `--config.` override in one line."""
   try:
     return FLAGS(argv)
-  except Exception as e:  # noqa: BLE001  a config file's code can raise anything
+  except Exception as e:
     in_file = console.config_file_error(e)
     if in_file:
       _fail(in_file)
@@ -89,8 +100,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     _fail(f"bad --config: {text}")
 
 
-def _fail(message: str) -> None:
-  """One line on stderr, exit code 1: the message of a user error, not a traceback.
+def _fail(message: str, code: int = 1) -> None:
+  """One line on stderr, exit code `code`: the message of a user error, not a traceback.
 
   It is the last line: after a failed save, orbax's background writers are still printing
   their own tracebacks, so they are silenced first and the process ends at once (which also
@@ -98,11 +109,11 @@ def _fail(message: str) -> None:
   """
   sys.stdout.flush()
   std_logging.disable(std_logging.CRITICAL)
-  stderr, sys.stderr = sys.stderr, open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
+  stderr, sys.stderr = sys.stderr, open(os.devnull, "w", encoding="utf-8")
   stderr.flush()
   # One write (atomic on a pipe), on a line of its own whatever was printed before it.
   os.write(stderr.fileno(), f"\nerror: {' '.join(str(message).split())}\n".encode())
-  os._exit(1)  # pylint: disable=protected-access
+  os._exit(code)
 
 
 def run() -> None:

@@ -1,16 +1,17 @@
 """The methods, one record each: the only place where a method's name decides anything.
 
 A record says whether the loss sees labels, how many views of each image a step trains on,
-which model to build, the loss, how stage "all" evaluates the trained model, and which
-stages the method has. `experiment.py` runs the stages from these records; the step, the
-benchmark and the encoder loader read them too. Adding a method is one entry in `METHODS`
+which model to build, the loss, and how stage "all" evaluates the trained model.
+`experiment.py` runs its stages from these records; the step, the benchmark and the model
+loader read them too. Adding a method is one entry in `METHODS`
 plus its loss in `losses.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -18,18 +19,10 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from supcon_jax import augment, data, losses, models, momentum, train
-from supcon_jax.models import chunked
 from supcon_jax.checks import one_of
+from supcon_jax.models import chunked
 from supcon_jax.train import LossFn
 
-# The stages `experiment.py` implements (config.stage):
-#   all         train the encoder, then evaluate it as the method says (Method.evaluation)
-#   pretrain    train the encoder only
-#   linear      restore a trained encoder (maybe of another dataset), then a linear
-#               classifier on its frozen r
-#   robustness  restore a finished run's encoder and classifier, then score them on
-#               corrupted evaluation images
-STAGES = ("all", "pretrain", "linear", "robustness")
 # How stage "all" evaluates a trained model:
 LINEAR = "linear"  # a linear classifier trained on the frozen representation r
 CLASSIFIER = "classifier"  # the model's own classifier, trained with it
@@ -42,7 +35,6 @@ class Method:
   uses_labels: bool  # False: self-supervised; labels are only used to evaluate
   contrastive: bool  # True: config.augment.n_views views per image and a projection head
   evaluation: str  # LINEAR or CLASSIFIER
-  stages: tuple[str, ...]
   build_model: Callable[[Any, int], nn.Module]  # (config.model, num_classes) -> model
   make_loss: Callable[[Method, Any, nn.Module, Callable, Mesh], LossFn]
 
@@ -139,13 +131,11 @@ def _cross_entropy_loss(method: Method, config: Any, model: nn.Module,
 
 METHODS: dict[str, Method] = {
     "supcon": Method("supcon", uses_labels=True, contrastive=True, evaluation=LINEAR,
-                     stages=STAGES, build_model=_contrastive_model,
-                     make_loss=_contrastive_loss),
+                     build_model=_contrastive_model, make_loss=_contrastive_loss),
     "simclr": Method("simclr", uses_labels=False, contrastive=True, evaluation=LINEAR,
-                     stages=STAGES, build_model=_contrastive_model,
-                     make_loss=_contrastive_loss),
+                     build_model=_contrastive_model, make_loss=_contrastive_loss),
     "ce": Method("ce", uses_labels=True, contrastive=False, evaluation=CLASSIFIER,
-                 stages=STAGES, build_model=_classifier_model, make_loss=_cross_entropy_loss),
+                 build_model=_classifier_model, make_loss=_cross_entropy_loss),
 }
 
 

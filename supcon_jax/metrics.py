@@ -11,13 +11,16 @@ here, lazily, after hiding the accelerators from TensorFlow.
 import json
 import logging
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax
-from etils import epath
 import jax
 import numpy as np
 from clu import metrics
+from etils import epath
+
+from supcon_jax import fileio, tf_setup
 
 
 @flax.struct.dataclass
@@ -55,10 +58,7 @@ class Writer:
     self.close()
     path = self._dir / "metrics.jsonl"
     rows = [r for r in read_rows(path) if r["step"] <= step] if path.exists() else []
-    self._dir.mkdir(parents=True, exist_ok=True)
-    tmp = self._dir / "metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
+    fileio.write_atomic(str(path), "".join(json.dumps(r) + "\n" for r in rows))
     self._open(rewrite_events=True)
     for row in rows:
       self._write_events(row)
@@ -80,9 +80,8 @@ class Writer:
     if not self._want_tb:
       return
     try:
-      # tfdata imports TensorFlow with the GPUs/TPUs hidden from it, before clu does.
-      from supcon_jax.data import tfdata  # pylint: disable=g-import-not-at-top,unused-import
-      from clu import metric_writers  # pylint: disable=g-import-not-at-top
+      tf_setup.tensorflow()  # started as the input pipelines start it, before clu imports it
+      from clu import metric_writers
     except ImportError:
       logging.info("TensorFlow is not installed: no TensorBoard events, metrics.jsonl only")
       return

@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from supcon_jax import rngs
 from supcon_jax.models.heads import l2_normalize
 
 
@@ -38,7 +39,7 @@ def check_config(config: Any) -> None:
 
 def initial_state(config: Any, params: Any, batch_stats: Any) -> dict[str, Any]:
   """The key model as a copy of the trained one, and a queue of random unit vectors."""
-  key = jax.random.fold_in(jax.random.key(config.seed), 2)  # apart from init and the steps
+  key = rngs.stream(config.seed, "queue")
   queue = l2_normalize(jax.random.normal(key, (config.moco.queue_size, config.model.proj_dim)))
   return {"params": jax.tree.map(jnp.copy, params),
           "batch_stats": jax.tree.map(jnp.copy, batch_stats), "queue": queue,

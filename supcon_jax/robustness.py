@@ -16,7 +16,8 @@ clean error, as on small evaluation sets with mild corruptions: it is NaN, and r
 is the mean over the corruptions where it is defined, listed in `relative_mce_over`)
 
 against a baseline run (Hendrycks & Dietterich use AlexNet; here `robustness.baseline_workdir`,
-or the cross-entropy run when one experiment runs several methods), over the corruptions
+or, when one experiment runs several methods, the run of `robustness.baseline_method`, by
+default the cross-entropy one), over the corruptions
 both runs were scored on. Where TFDS has the corrupted dataset (cifar10_corrupted,
 imagenet2012_corrupted: the 15 corruptions of the benchmark and 4 extra ones), those images
 are read; for any other dataset the ten corruptions of `corruptions.py` are applied on the
@@ -30,12 +31,14 @@ import functools
 import itertools
 import logging
 import os
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import numpy as np
 
-from supcon_jax import corruptions, data, evaluate, report
+from supcon_jax import corruptions, data, evaluate, results, rngs
+from supcon_jax.trained import TrainedModel
 
 # The benchmark's 15 corruptions (the mean corruption error is over these) and the 4 extra
 # ones TFDS also holds.
@@ -78,18 +81,18 @@ def _corrupted_batches(config: Any, eval_source: data.Source, mesh: jax.sharding
     return
   fn = _corrupt_fn(name, severity)
   # A fixed key per corruption, severity and batch: every run corrupts the same images alike.
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), severity),
-                           corruptions.CORRUPTIONS.index(name))
+  key = rngs.draw(rngs.stream(config.seed, "robustness"), severity,
+                  corruptions.CORRUPTIONS.index(name))
   for i, batch in enumerate(eval_source.eval_batches()):
-    yield {**batch, "image": fn(jax.random.fold_in(key, i), batch["image"])}
+    yield {**batch, "image": fn(rngs.draw(key, i), batch["image"])}
 
 
-@functools.lru_cache(maxsize=None)  # one compiled function per corruption and severity
+@functools.cache  # one compiled function per corruption and severity
 def _corrupt_fn(name: str, severity: int) -> Callable[[jax.Array, jax.Array], jax.Array]:
   return jax.jit(lambda key, images: corruptions.corrupt(name, severity, key, images))
 
 
-def evaluate_corruptions(config: Any, encoder: evaluate.TrainedEncoder, classify: Classify,
+def evaluate_corruptions(config: Any, model: TrainedModel, classify: Classify,
                          outputs: tuple[str, ...], eval_source: data.Source,
                          mesh: jax.sharding.Mesh, clean: dict[str, np.ndarray]
                          ) -> tuple[dict[str, Any], dict[tuple[str, int], jax.Array]]:
@@ -98,15 +101,13 @@ def evaluate_corruptions(config: Any, encoder: evaluate.TrainedEncoder, classify
 
   `clean`: `evaluate.encode`'s `outputs` on the clean evaluation split, already computed.
   """
-  transform = evaluate.eval_transform(config)
   firsts = {}
 
   def top1(name: str, severity: int) -> float:
     batches = _corrupted_batches(config, eval_source, mesh, name, severity)
     first = next(batches)
     firsts[name, severity] = first["image"][:1]
-    out = evaluate.encode(encoder, itertools.chain([first], batches), transform,
-                          outputs=outputs)
+    out = evaluate.encode(model, itertools.chain([first], batches), outputs=outputs)
     return evaluate.top_k(classify(out), out["label"])["top1"]
 
   table = {}
@@ -150,49 +151,11 @@ def corruption_errors(result: dict[str, Any], baseline: dict[str, Any]) -> dict[
 
 def load_result(workdir: str) -> dict[str, Any]:
   """The `robustness` block of a finished run's results.json (ValueError if it has none)."""
-  results = report.load_results(workdir)
-  if "robustness" not in results:
+  finished = results.load(workdir)
+  if "robustness" not in finished:
     raise ValueError(f"{workdir}/results.json has no robustness block: run it with "
                      "--config.robustness.enabled=True or --config.stage=robustness")
-  return results["robustness"]
-
-
-def plot_severity_curves(results: dict[str, dict[str, Any]], path: str) -> None:
-  """Top-1 (mean over corruptions) against severity, one line per run; severity 0 = clean."""
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  fig = Figure(figsize=(5, 3.5), dpi=120)
-  ax = fig.add_subplot()
-  for name, r in results.items():
-    ax.plot([0, *r["severities"]], [r["clean_top1"], *report.severity_means(r)], marker="o",
-            label=name)
-  ax.set_xlabel("severity (0: clean)")
-  ax.set_ylabel("top-1 (%), mean over corruptions")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  report.save_png(fig, path)
-
-
-def plot_corruption_grid(firsts: dict[tuple[str, int], jax.Array], path: str) -> None:
-  """The first evaluation image under every corruption (rows) at every severity (columns),
-  as the model saw it (`evaluate_corruptions` keeps them)."""
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  names = list(dict.fromkeys(name for name, _ in firsts))
-  severities = list(dict.fromkeys(s for _, s in firsts))
-  fig = Figure(figsize=(1.1 * len(severities) + 1.5, 1.1 * len(names)), dpi=100)
-  for i, name in enumerate(names):
-    for j, s in enumerate(severities):
-      image = np.asarray(firsts[name, s])[0]
-      ax = fig.add_subplot(len(names), len(severities), i * len(severities) + j + 1)
-      ax.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None,
-                interpolation="nearest")
-      ax.set_xticks([])
-      ax.set_yticks([])
-      if j == 0:
-        ax.set_ylabel(name.replace("_", " "), fontsize=7, rotation=0, ha="right", va="center")
-      if i == 0:
-        ax.set_title(f"severity {s}", fontsize=7)
-  report.save_png(fig, path)
-  logging.info("corruption grid: %s", path)
+  return finished["robustness"]
 
 
 def baseline_path(config: Any, workdir: str) -> str | None:

@@ -5,8 +5,8 @@ The same loop drives every stage: training an encoder with any method (the loss 
 handed to `make_step`.
 
 Everything a resumed run needs is in the checkpoint: the step is also the data position
-(sources replay their stream from any step) and the RNG position (each step's key is
-`fold_in(seed key, step)`), so a restart continues the same run exactly.
+(sources replay their stream from any step) and the RNG position (step k's key is drawn at k
+from the stage's stream, rngs.py), so a restart continues the same run exactly.
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ import dataclasses
 import logging
 import signal
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
 import optax
 
-from supcon_jax import checkpoint, metrics, sharding
+from supcon_jax import checkpoint, metrics, rngs, sharding
 
 # (params, carried, batch, rng, *frozen) -> (loss, new carried). `carried` is what the loss
 # keeps from step to step without gradients: the BatchNorm statistics, or (batch_stats,
@@ -37,7 +38,7 @@ class TrainState:
   params: Any
   batch_stats: Any
   opt_state: Any
-  nonfinite_steps: jax.Array  # steps whose loss or gradient was not finite (their update is dropped)
+  nonfinite_steps: jax.Array  # steps whose loss or gradient was not finite (update dropped)
   first_nonfinite: jax.Array  # the first such step, -1 while there is none
 
 
@@ -67,7 +68,12 @@ class NonFiniteError(FloatingPointError):
 
 
 class Preempted(Exception):
-  """SIGTERM arrived; a checkpoint was written and the run can be restarted."""
+  """SIGTERM or Ctrl-C (SIGINT) arrived; a checkpoint was written and the run can be
+  restarted. `signal` names the signal."""
+
+  def __init__(self, message: str, signal_name: str = "SIGTERM"):
+    super().__init__(message)
+    self.signal = signal_name
 
 
 def new_state(params: Any, batch_stats: Any, optimizer: optax.GradientTransformation,
@@ -93,7 +99,7 @@ def init_model(model: flax.linen.Module, seed: int, image_shape: tuple[int, ...]
   dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
   # The "rbg" generator compiles several times faster than threefry for a ResNet's many
   # initialisers; init runs replicated, so its values do not depend on the mesh.
-  rng = jax.random.key(seed, impl="rbg")
+  rng = rngs.stream(seed, "init", impl="rbg")
   variables = jax.jit(lambda r: model.init(r, dummy, train=False),
                       out_shardings=sharding.replicated(mesh))(rng)
   return variables["params"], variables.get("batch_stats", {})
@@ -104,13 +110,13 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, mesh: ja
   """Compiles `train_step(state, batch, rng, *frozen) -> (state, metrics)`.
 
   `loss_fn(params, carried, batch, rng, *frozen) -> (loss, new carried)` (see `LossFn`). The
-  step key is `fold_in(rng, state.step)`. An update with a non-finite loss, gradient or
-  result is dropped (the state keeps its values) and counted; the loop decides whether to
-  stop.
+  step key is `rngs.draw(rng, state.step)`, `rng` being the stage's stream. An update with
+  a non-finite loss, gradient or result is dropped (the state keeps its values) and counted;
+  the loop decides whether to stop.
   """
 
   def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *frozen):
-    rng = jax.random.fold_in(rng, state.step)
+    rng = rngs.draw(rng, state.step)
     (loss, carried), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, _carried(state), batch, rng, *frozen)
     grad_norm = optax.tree.norm(grads)
@@ -138,40 +144,51 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, mesh: ja
 
 
 class PreemptionWatch:
-  """Turns SIGTERM into a flag the loop checks between steps (no host sync).
+  """Turns SIGTERM and a first Ctrl-C (SIGINT) into a flag the loop checks between steps (no
+  host sync); a second Ctrl-C gets the previous handler back (Python's: KeyboardInterrupt at
+  once).
 
   With several processes, JAX's preemption service (started by jax.distributed.initialize)
-  owns SIGTERM and agrees on one step for all hosts; a Python handler would replace its own.
+  owns SIGTERM and agrees on one step for all hosts; a Python handler would replace its own,
+  and a Ctrl-C stopping one process alone would leave the others waiting: there, nothing is
+  installed.
   """
 
   def __init__(self):
-    self.requested = False
-    self._previous = None
+    self.requested: str | None = None  # the signal's name, once one arrived
+    self._previous: dict[int, Any] = {}
 
   def __enter__(self):
     if jax.process_count() > 1:
       return self
     try:
-      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self._previous[signum] = signal.signal(signum, self._on_signal)
     except ValueError:  # not the main thread (e.g. some notebook kernels): no handler
-      self._previous = None
+      self._previous = {}
     return self
 
-  def _on_sigterm(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM: checkpointing at the end of this step, then exiting")
-    self.requested = True
+  def _on_signal(self, signum, frame):
+    del frame
+    name = signal.Signals(signum).name
+    if signum == signal.SIGINT:  # the next Ctrl-C interrupts at once
+      signal.signal(signal.SIGINT, self._previous[signal.SIGINT])
+    # A Ctrl-C at a terminal gets one line, when the checkpoint is saved (Preempted's);
+    # a scheduler's SIGTERM is also logged as it arrives.
+    logging.warning("%s: checkpointing at the end of this step, then exiting", name,
+                    extra={"console": signum != signal.SIGINT})
+    self.requested = self.requested or name
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
   def should_stop(self, step: int) -> bool:
     """Whether to checkpoint and stop after `step` (all processes agree)."""
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      from jax.experimental import multihost_utils
       return multihost_utils.reached_preemption_sync_point(step)
-    return self.requested
+    return self.requested is not None
 
 
 @dataclasses.dataclass
@@ -193,15 +210,15 @@ class LoopSettings:
   console_every_s: float = 10.0
 
 
-def resume(state: TrainState, ckpt: checkpoint.Checkpointer, step: int | None = None
+def resume(state: TrainState, ckpt: checkpoint.Checkpointer, *, to_continue: bool = True
            ) -> TrainState:
-  """The newest checkpoint of `ckpt` (or its `step`), else `state` unchanged."""
-  restored = ckpt.restore_latest(checkpoint.abstract(state), step=step)
+  """The newest checkpoint of `ckpt`, else `state` unchanged (see `restore_latest`)."""
+  restored = ckpt.restore_latest(checkpoint.abstract(state), to_continue=to_continue)
   return state if restored is None else restored[1]
 
 
-def fit(loop: LoopSettings, state: TrainState, step_fn: Callable, batches: Callable[[int], Iterator],
-        rng: jax.Array, *frozen) -> TrainState:
+def fit(loop: LoopSettings, state: TrainState, step_fn: Callable,
+        batches: Callable[[int], Iterator], rng: jax.Array, *frozen) -> TrainState:
   """Runs `step_fn` from the state's step to `loop.num_steps`, then saves a final checkpoint."""
   start = int(state.step)
   loop.writer.resume_at(start)  # rows a killed run logged past its last checkpoint go
@@ -217,10 +234,16 @@ def fit(loop: LoopSettings, state: TrainState, step_fn: Callable, batches: Calla
   last_log, last_time = start, time.time()
   paced_from = (last_log, last_time)  # the (step, time) the ETA's pace is measured from
   shown = -float("inf")  # when the console last showed a progress line
+  previous = None  # the metrics of the step before this one
   with PreemptionWatch() as watch:
     for step in range(start, loop.num_steps):
       batch = next(stream)
       state, m = step_fn(state, batch, rng, *frozen)
+      if previous is not None:
+        # At most this step in flight: the device stays busy with it while the host prepares
+        # the next, and a signal is answered within a step, not after a queue of them.
+        jax.block_until_ready(previous)
+      previous = m
       pending = m if pending is None else pending.merge(m)
       done = step + 1
       stop = watch.should_stop(done)
@@ -253,8 +276,10 @@ def fit(loop: LoopSettings, state: TrainState, step_fn: Callable, batches: Calla
         loop.ckpt.save(done, state)
       if stop:
         loop.ckpt.wait()
-        raise Preempted(f"[{loop.name}] preempted at step {done}; checkpoint saved in "
-                        f"{loop.ckpt.directory}")
+        how = "interrupted (Ctrl-C)" if watch.requested == "SIGINT" else "preempted"
+        raise Preempted(f"[{loop.name}] {how} at step {done}; checkpoint saved in "
+                        f"{loop.ckpt.directory}; rerun the same command to resume",
+                        watch.requested or "SIGTERM")
   if not saved:
     loop.ckpt.save(loop.num_steps, state)
   loop.ckpt.wait()

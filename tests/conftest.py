@@ -15,7 +15,7 @@ import tempfile
 
 import pytest
 
-from tests.shared import build_once
+from tests.helpers import build_once, tiny_runs_config
 
 # Before anything imports JAX (none of the imports above does).
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
@@ -35,15 +35,10 @@ def tiny_runs(tmp_path_factory) -> tuple[pathlib.Path, dict]:
   the files that only read it (experiment outputs, load_encoder, robustness, transfer):
   digits at 8x8, 4 steps with checkpoints at 2 and 4, stage all, scored on two corruptions
   at two severities. (workdir, results)."""
-  from supcon_jax import experiment  # pylint: disable=g-import-not-at-top
-  from tests.test_experiment import tiny_config  # pylint: disable=g-import-not-at-top
+  from supcon_jax import experiment  # after the environment above: it imports JAX
 
   def build(root):
-    config = tiny_config("supcon,simclr,ce")
-    config.epochs = 4 / 22
-    config.robustness.update(enabled=True, corruptions=("gaussian_noise", "contrast"),
-                             severities=(1, 5))
-    experiment.train_and_evaluate(config, str(root))
+    experiment.train_and_evaluate(tiny_runs_config(), str(root))
     (root / "done").write_text("")
 
   root = build_once(tmp_path_factory, "tiny_runs", build)
@@ -51,27 +46,27 @@ def tiny_runs(tmp_path_factory) -> tuple[pathlib.Path, dict]:
 
 
 @pytest.fixture(scope="session")
-def shared(tmp_path_factory) -> pathlib.Path:
-  """The directory of the reliability tests' config file (tests/runs.py)."""
-  from tests import runs  # pylint: disable=g-import-not-at-top
+def config_dir(tmp_path_factory) -> pathlib.Path:
+  """The directory of the reliability tests' config file (tests/cli_runs.py)."""
+  from tests import cli_runs  # after the environment above: it imports JAX
 
   def build(d):
     d.mkdir(parents=True, exist_ok=True)
-    (d / "tiny.py").write_text(runs.CONFIG)
+    (d / "tiny.py").write_text(cli_runs.CONFIG)
     (d / "done").write_text("")
 
   return build_once(tmp_path_factory, "reliability_config", build)
 
 
 @pytest.fixture(scope="session")
-def reference(shared, tmp_path_factory) -> pathlib.Path:
+def reference_run(config_dir, tmp_path_factory) -> pathlib.Path:
   """An uninterrupted run of the reliability tests' config, keeping every checkpoint."""
-  from tests import runs  # pylint: disable=g-import-not-at-top
+  from tests import cli_runs
 
   def build(workdir):
-    rc, log = runs.run(shared, workdir)
+    rc, log = cli_runs.run(config_dir, workdir)
     assert rc == 0, log
-    assert runs.steps(workdir) == list(range(1, runs.STEPS + 1))
+    assert cli_runs.steps(workdir) == list(range(1, cli_runs.STEPS + 1))
     (workdir / "done").write_text("")
 
   return build_once(tmp_path_factory, "reliability_reference", build)

@@ -2,11 +2,13 @@
 
 The policy magnitudes are checked against TensorFlow's reference, transcribed here rather
 than read from the code under test: tensorflow/tpu models/official/efficientnet/
-autoaugment.py (commit 7dc921f846c9e4071f3884b768a7ddf521272a49).
+autoaugment.py (commit 7dc921f846c9e4071f3884b768a7ddf521272a49); its AutoAugment table,
+policy_v0, is embedded as that file's source text and parsed.
 """
 
 from __future__ import annotations
 
+import ast
 import colorsys
 import math
 
@@ -340,34 +342,61 @@ def test_same_key_same_output_different_key_differs(name):
 
 # ------------------------------------------------- policies against the TF reference
 
-# TF's policy_v0, transcribed: 25 sub-policies of two (op, probability, level 0..10).
-TF_POLICY_V0 = (
-    (("Equalize", 0.8, 1), ("ShearY", 0.8, 4)),
-    (("Color", 0.4, 9), ("Equalize", 0.6, 3)),
-    (("Color", 0.4, 1), ("Rotate", 0.6, 8)),
-    (("Solarize", 0.8, 3), ("Equalize", 0.4, 7)),
-    (("Solarize", 0.4, 2), ("Solarize", 0.6, 2)),
-    (("Color", 0.2, 0), ("Equalize", 0.8, 8)),
-    (("Equalize", 0.4, 8), ("SolarizeAdd", 0.8, 3)),
-    (("ShearX", 0.2, 9), ("Rotate", 0.6, 8)),
-    (("Color", 0.6, 1), ("Equalize", 1.0, 2)),
-    (("Invert", 0.4, 9), ("Rotate", 0.6, 0)),
-    (("Equalize", 1.0, 9), ("ShearY", 0.6, 3)),
-    (("Color", 0.4, 7), ("Equalize", 0.6, 0)),
-    (("Posterize", 0.4, 6), ("AutoContrast", 0.4, 7)),
-    (("Solarize", 0.6, 8), ("Color", 0.6, 9)),
-    (("Solarize", 0.2, 4), ("Rotate", 0.8, 9)),
-    (("Rotate", 1.0, 7), ("TranslateY", 0.8, 9)),
-    (("ShearX", 0.0, 0), ("Solarize", 0.8, 4)),
-    (("ShearY", 0.8, 0), ("Color", 0.6, 4)),
-    (("Color", 1.0, 0), ("Rotate", 0.6, 2)),
-    (("Equalize", 0.8, 4), ("Equalize", 0.0, 8)),
-    (("Equalize", 1.0, 4), ("AutoContrast", 0.6, 2)),
-    (("ShearY", 0.4, 7), ("SolarizeAdd", 0.6, 7)),
-    (("Posterize", 0.8, 2), ("Solarize", 0.6, 10)),
-    (("Solarize", 0.6, 8), ("Equalize", 0.6, 1)),
-    (("Color", 0.8, 6), ("Rotate", 0.4, 5)),
-)
+# TF's policy_v0 ("used in AutoAugment Paper"; the ImageNet policy that EfficientNet trained
+# with), copied verbatim, lines 36-68 of models/official/efficientnet/autoaugment.py in
+# tensorflow/tpu at commit 7dc921f846c9e4071f3884b768a7ddf521272a49 (unchanged there since
+# b3293eb4c54518ca40799b42b5150347db76a453). It is kept as the published source text and
+# parsed, not retyped as a tuple, so that the table the tests compare with is the reference
+# itself and never a copy of supcon_jax/augment_policies.py.
+TF_POLICY_V0_SOURCE = r'''
+def policy_v0():
+  """Autoaugment policy that was used in AutoAugment Paper."""
+  # Each tuple is an augmentation operation of the form
+  # (operation, probability, magnitude). Each element in policy is a
+  # sub-policy that will be applied sequentially on the image.
+  policy = [
+      [('Equalize', 0.8, 1), ('ShearY', 0.8, 4)],
+      [('Color', 0.4, 9), ('Equalize', 0.6, 3)],
+      [('Color', 0.4, 1), ('Rotate', 0.6, 8)],
+      [('Solarize', 0.8, 3), ('Equalize', 0.4, 7)],
+      [('Solarize', 0.4, 2), ('Solarize', 0.6, 2)],
+      [('Color', 0.2, 0), ('Equalize', 0.8, 8)],
+      [('Equalize', 0.4, 8), ('SolarizeAdd', 0.8, 3)],
+      [('ShearX', 0.2, 9), ('Rotate', 0.6, 8)],
+      [('Color', 0.6, 1), ('Equalize', 1.0, 2)],
+      [('Invert', 0.4, 9), ('Rotate', 0.6, 0)],
+      [('Equalize', 1.0, 9), ('ShearY', 0.6, 3)],
+      [('Color', 0.4, 7), ('Equalize', 0.6, 0)],
+      [('Posterize', 0.4, 6), ('AutoContrast', 0.4, 7)],
+      [('Solarize', 0.6, 8), ('Color', 0.6, 9)],
+      [('Solarize', 0.2, 4), ('Rotate', 0.8, 9)],
+      [('Rotate', 1.0, 7), ('TranslateY', 0.8, 9)],
+      [('ShearX', 0.0, 0), ('Solarize', 0.8, 4)],
+      [('ShearY', 0.8, 0), ('Color', 0.6, 4)],
+      [('Color', 1.0, 0), ('Rotate', 0.6, 2)],
+      [('Equalize', 0.8, 4), ('Equalize', 0.0, 8)],
+      [('Equalize', 1.0, 4), ('AutoContrast', 0.6, 2)],
+      [('ShearY', 0.4, 7), ('SolarizeAdd', 0.6, 7)],
+      [('Posterize', 0.8, 2), ('Solarize', 0.6, 10)],
+      [('Solarize', 0.6, 8), ('Equalize', 0.6, 1)],
+      [('Color', 0.8, 6), ('Rotate', 0.4, 5)],
+  ]
+  return policy
+'''
+
+
+def _parse_tf_policy_v0(source):
+  """policy_v0's list, read from its source without running it, as nested tuples."""
+  (func,) = ast.parse(source).body
+  assert isinstance(func, ast.FunctionDef) and func.name == "policy_v0"
+  assign, ret = func.body[-2:]  # `policy = [...]` then `return policy`
+  assert [t.id for t in assign.targets] == ["policy"] and ret.value.id == "policy"
+  return tuple(tuple(map(tuple, sub)) for sub in ast.literal_eval(assign.value))
+
+
+# 25 sub-policies of two (op, probability, level 0..10), in TF's order.
+TF_POLICY_V0 = _parse_tf_policy_v0(TF_POLICY_V0_SOURCE)
+
 
 # TF's distort_image_with_randaugment ops; the repo has Identity in place of Cutout.
 TF_RANDAUGMENT_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize",
@@ -475,13 +504,34 @@ def test_randaugment_applies_one_op_at_the_configured_magnitude():
   assert len(set(err.argmin(axis=1))) > 10  # draws pick many different ops
 
 
+def test_tf_policy_v0_source_is_the_published_table():
+  # Guards the parsing, not the module: the shape and a few entries of the published table
+  # read straight off the source text, first, last and the one with probability 0.0.
+  assert len(TF_POLICY_V0) == 25 and all(len(sub) == 2 for sub in TF_POLICY_V0)
+  assert TF_POLICY_V0[0] == (("Equalize", 0.8, 1), ("ShearY", 0.8, 4))
+  assert TF_POLICY_V0[16] == (("ShearX", 0.0, 0), ("Solarize", 0.8, 4))
+  assert TF_POLICY_V0[-1] == (("Color", 0.8, 6), ("Rotate", 0.4, 5))
+  for sub in TF_POLICY_V0:
+    for _, prob, level in sub:
+      assert isinstance(prob, float) and 0.0 <= prob <= 1.0
+      assert isinstance(level, int) and 0 <= level <= 10
+
+
 def test_autoaugment_policy_is_tf_policy_v0():
-  assert P.AUTOAUGMENT_IMAGENET_POLICY == TF_POLICY_V0
-  # What autoaugment() draws from: op indices, probabilities, levels / 10.
+  # No op names need mapping: the module names its ops as TF's NAME_TO_FUNC does, and its
+  # one substitution (Identity for Cutout) is in the RandAugment list; policy_v0 has no
+  # Cutout. So the names, probabilities, levels and sub-policy order must all be TF's, as is.
+  names = {op.name for op in P.AUTOAUGMENT_OPS}
+  assert {n for sub in TF_POLICY_V0 for n, _, _ in sub} <= names
+  assert len(P.AUTOAUGMENT_IMAGENET_POLICY) == len(TF_POLICY_V0)
+  for i, (ours, tf) in enumerate(zip(P.AUTOAUGMENT_IMAGENET_POLICY, TF_POLICY_V0)):
+    assert tuple(map(tuple, ours)) == tf, f"sub-policy {i}"  # exact: same literals
+  # What autoaugment() draws from: op indices, float32 probabilities, levels / 10.
   ops, probs, levels = P._policy_tables()
   names = [[P.AUTOAUGMENT_OPS[i].name for i in row] for row in ops]
   assert names == [[n for n, _, _ in sub] for sub in TF_POLICY_V0]
-  np.testing.assert_allclose(probs, [[p for _, p, _ in sub] for sub in TF_POLICY_V0])
+  np.testing.assert_array_equal(probs, np.float32([[p for _, p, _ in sub]
+                                                   for sub in TF_POLICY_V0]))
   np.testing.assert_allclose(levels * 10, [[m for _, _, m in sub] for sub in TF_POLICY_V0],
                              rtol=1e-6)
 

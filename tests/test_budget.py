@@ -60,7 +60,7 @@ class _FakeClock:
 
 def test_budget_path_end_to_end_with_a_fake_clock(tmp_path, monkeypatch):
   from supcon_jax import experiment, train
-  from tests.test_experiment import tiny_config
+  from tests.helpers import tiny_config
   clock = _FakeClock(step_s=2.0)
   monkeypatch.setattr(budget, "time", clock)
   monkeypatch.setattr(experiment, "time", clock)

@@ -15,14 +15,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from supcon_jax import augment, losses, methods, sharding
 from supcon_jax.config import base_config
 from supcon_jax.models import SupConModel
 from supcon_jax.models.chunked import apply_in_chunks
+from tests.rounding import resnet18_sums, rounding, smooth_activations
 
 SAMPLES, VIEWS = 16, 2  # 32 images: in chunks of 8, one image per device per chunk on 8 devices
+TEMPERATURE = 0.1  # supcon_loss's default, the loss of `loss_and_grad`
 KEY = jax.random.key(0, impl="rbg")  # compiles faster than threefry; its values do not matter
 
 
@@ -35,7 +38,7 @@ def tiny_model():
 MODEL = tiny_model()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_variables():
   v = jax.jit(lambda x: MODEL.init(KEY, x, train=False))(jnp.zeros((1, 8, 8, 3)))
   # Running averages away from their (0, 1) start, so that keeping or dropping them shows.
@@ -86,9 +89,11 @@ def reference(chunk_size):
   return apply
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def run(how, chunk_size=None, devices=1):
-  """(loss_and_grad's result, compiled HLO) of `how` on `batch()`, sharded over `devices`."""
+  """(loss_and_grad's result, compiled HLO) of `how` on `batch()`, sharded over `devices`.
+
+  With GELU for ReLU: the results include gradients (test_train's docstring)."""
   apply = {"plain": plain, "chunked": chunked(chunk_size), "reference": reference(chunk_size)}
   mesh = sharding.make_mesh(devices)
   put = lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec))
@@ -97,18 +102,47 @@ def run(how, chunk_size=None, devices=1):
   args = (put(v["params"], P()), put(v["batch_stats"], P()),
           put(images, P(sharding.DATA_AXIS)), put(labels, P(sharding.DATA_AXIS)))
   supcon = lambda z, l: losses.sharded_supcon_loss(z, l, mesh)
-  compiled = loss_and_grad(apply[how], supcon).lower(*args).compile()
+  with smooth_activations():
+    compiled = loss_and_grad(apply[how], supcon).lower(*args).compile()
   return jax.device_get(compiled(*args)), compiled.as_text()
 
 
-def assert_trees_close(got, want, rtol=1e-5, atol=1e-5):
+def pass_sums(bn_images, *more):
+  """(forward, backward) sums (test_train.resnet18_sums) of MODEL's training pass on the 32
+  images of `batch()`, BatchNorm over `bn_images` at a time, and of the loss: 128 products
+  a logit and log-sum-exps over 32 rows; `more`, more forward sums (chunks, devices, ...)."""
+  forward = resnet18_sums(0.0625, 8, SAMPLES * VIEWS, bn_images=bn_images) + [128, 32]
+  return forward + list(more), resnet18_sums(0.0625, 8, SAMPLES * VIEWS, backward=True)
+
+
+def assert_leaves_close(got, want, rtol):
+  """Each leaf within `rtol` of the largest |value| of its counterpart in `want`."""
   assert jax.tree.structure(got) == jax.tree.structure(want)
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=rtol, atol=atol)
+    w = np.asarray(w, np.float64)
+    np.testing.assert_allclose(np.asarray(g), w, rtol=0, atol=rtol * np.abs(w).max(initial=0))
+
+
+def assert_results_close(got, want, sums):
+  """Two ((loss, (outputs, batch_stats)), gradients) of passes whose sums run in other
+  orders, `sums` = (forward, backward) as `pass_sums`: the embeddings, unit vectors, differ
+  by rounding(forward) (test_train's docstring), a logit by twice that / t, an anchor's loss
+  (a log-sum-exp less a mean of logits) by twice the logits'; every output and BN statistic
+  by rounding(forward) of its leaf's largest value; every gradient by rounding(forward +
+  backward) of its leaf's largest."""
+  forward, backward = sums
+  (loss, (out, stats)), grads = got
+  (want_loss, (want_out, want_stats)), want_grads = want
+  np.testing.assert_allclose(loss, want_loss, rtol=0, atol=4 * rounding(forward) / TEMPERATURE)
+  assert_leaves_close(out, want_out, rounding(forward))
+  assert_leaves_close(stats, want_stats, rounding(forward))
+  assert_leaves_close(grads, want_grads, rounding(forward + backward))
 
 
 def test_one_chunk_is_the_plain_apply():
-  assert_trees_close(run("chunked", SAMPLES * VIEWS)[0], run("plain")[0])
+  # The same sums, compiled in lax.map's loop under remat: BatchNorm over all 32 images.
+  assert_results_close(run("chunked", SAMPLES * VIEWS)[0], run("plain")[0],
+                       pass_sums(SAMPLES * VIEWS))
 
 
 def test_no_chunk_size_is_the_plain_apply():
@@ -119,17 +153,18 @@ def test_no_chunk_size_is_the_plain_apply():
 
 def test_chunks_match_a_loop_over_chunks():
   got = run("chunked", 8)[0]
-  assert_trees_close(got, run("reference", 8)[0])
+  # BatchNorm over the 8 images of a chunk; the 4 chunks' statistics and gradients summed.
+  assert_results_close(got, run("reference", 8)[0], pass_sums(8, 4))
   # Ghost BN is not the whole batch's BN: the chunks did change the statistics.
   stats = lambda result: jax.tree.leaves(result[0][1][1])[0]
   assert not np.allclose(stats(got), stats(run("plain")[0]))
 
 
 def test_eight_devices_match_one():
-  # Looser than the other comparisons: the reductions run in another order, and BN over the
-  # 8 values per channel of the last stage (1x1 pixels here) amplifies the difference.
-  assert_trees_close(run("chunked", 8, devices=8)[0], run("chunked", 8)[0], rtol=1e-4,
-                     atol=1e-4)
+  # As the loop over chunks, the devices' 8 partial sums of every statistic and gradient
+  # added in another order (BN's 8 values a channel in the last stage, 1 x 1 pixels here,
+  # count in BN_CONDITION).
+  assert_results_close(run("chunked", 8, devices=8)[0], run("chunked", 8)[0], pass_sums(8, 4, 8))
 
 
 def test_chunks_move_no_image_between_devices():
@@ -170,10 +205,12 @@ def test_augmenting_inside_the_chunks_is_augmenting_first():
   inside = loss_and_grad(lambda v, x: apply_in_chunks(MODEL, v, x, 8,
                                                       prepare=lambda k: augment_views(*k)))
   first = loss_and_grad(chunked(8))
-  got = inside(v["params"], v["batch_stats"], views, labels)
-  want = first(v["params"], v["batch_stats"], augment_views(*views), labels)
-  # fp32 rounding only: XLA fuses the augmentation into another program (3e-5 seen).
-  assert_trees_close(got, want, rtol=2e-4, atol=2e-4)
+  with smooth_activations():  # gradients compared: see test_train's docstring
+    got = inside(v["params"], v["batch_stats"], views, labels)
+    want = first(v["params"], v["batch_stats"], augment_views(*views), labels)
+  # XLA fuses the augmentation into another program: its sums (a view's mean over 8 x 8
+  # pixels for contrast, mixes of 3 channels) join those of the loop over chunks.
+  assert_results_close(got, want, pass_sums(8, 4, 64, 3, 3))
   # And the views are those of the whole-batch augmentation, image-major.
   whole = augment.make_train_augment(config.augment, mean=config.data.mean,
                                      std=config.data.std)(jax.random.key(3), images)
@@ -211,9 +248,16 @@ def test_augmenting_inside_the_chunks_keeps_no_float_view_of_the_batch():
 def test_inference_is_one_plain_apply():
   images, _ = batch(2)
   v = tiny_variables()
+  # Running means of -0.5, not tiny_variables' +0.5: those switch off every ReLU of this
+  # pass, and outputs of zeros compare equal whatever the pass did. Still not the initial 0.
+  v = {**v, "batch_stats": jax.tree_util.tree_map_with_path(
+      lambda path, s: -s if path[-1].key == "mean" else s, v["batch_stats"])}
   out, stats = jax.jit(lambda v, x: apply_in_chunks(MODEL, v, x, 2, train=False))(v, images)
-  assert_trees_close(out, MODEL.apply(v, images, train=False))
-  assert_trees_close(stats, v["batch_stats"], rtol=0, atol=0)
+  # Jitted against op by op: the convs' and the head's sums in other orders (no BatchNorm
+  # sums: inference normalises with the running averages). No gradients: ReLU stays.
+  inference = resnet18_sums(0.0625, 8, 2, train_mode=False)
+  assert_leaves_close(out, MODEL.apply(v, images, train=False), rounding(inference))
+  np.testing.assert_equal(jax.device_get(stats), jax.device_get(v["batch_stats"]))
 
 
 @pytest.mark.parametrize("chunk_size", [0, -4, 3, 64, 4.0, True])

@@ -1,19 +1,32 @@
 """Every allowed value, taken from the one list that owns it, passes validation and builds.
 
 The lists live in the modules that implement them (methods.METHODS, models.DEPTHS,
-augment.POLICIES, optim.OPTIMIZERS, ...); config.validate reads the same lists. A value that
-validation accepts but construction rejects (or the reverse) fails here.
+augment.POLICIES, optim.OPTIMIZERS, experiment.STAGES, ...); validation reads the same lists.
+A value that validation accepts but construction rejects (or the reverse) fails here.
 """
 
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from supcon_jax import augment, config as config_lib, data, evaluate, losses, methods, models
-from supcon_jax import optim, sharding
+from supcon_jax import (
+  augment,
+  data,
+  experiment,
+  linear_probe,
+  losses,
+  methods,
+  models,
+  optim,
+  sharding,
+  validation,
+)
+from supcon_jax import config as config_lib
 
 
 def _config(**fields):
@@ -22,7 +35,7 @@ def _config(**fields):
   for dotted, value in fields.items():
     section, _, name = dotted.rpartition(".")
     setattr(c.get(section) if section else c, name, value)
-  config_lib.validate(c)
+  experiment.validate(c)
   return c
 
 
@@ -41,10 +54,14 @@ def test_every_method_builds_its_model_and_loss(name):
   batch = {"image": jnp.asarray(_images()), "label": jnp.arange(8) % 2}
   loss, _ = jax.eval_shape(method.loss_fn(c, model, mesh), variables["params"],
                            variables["batch_stats"], batch, jax.random.key(1))
-  assert loss.shape == () and set(method.stages) <= set(methods.STAGES)
+  assert loss.shape == ()
   assert method.evaluation in (methods.LINEAR, methods.CLASSIFIER)
-  for stage in methods.STAGES:
-    _config(method=name, stage=stage)
+
+
+@pytest.mark.parametrize("stage", experiment.STAGES)
+def test_every_stage_validates_and_has_its_function(stage):
+  _config(stage=stage)
+  assert callable(experiment.STAGES[stage])
 
 
 @pytest.mark.parametrize("depth", models.DEPTHS)
@@ -74,7 +91,7 @@ def test_every_policy_builds(policy):
   assert views.shape == (8, c.augment.n_views, 8, 8, 3)
 
 
-@pytest.mark.parametrize("policy", evaluate.LINEAR_POLICIES)
+@pytest.mark.parametrize("policy", linear_probe.POLICIES)
 def test_every_linear_policy_builds(policy):
   c = _config(**{"linear.augment": policy})
   views = jax.eval_shape(augment.from_config(c, policy=policy, n_views=1), jax.random.key(0),
@@ -116,6 +133,7 @@ def test_every_source_and_bad_image_choice_validates(source, bad_images):
     # float16 was accepted by validation and refused at model building: the lists disagreed.
     ("model.dtype", "float16"), ("loss.variant", "both"), ("loss.contrast_mode", "two"),
     ("optim.name", "adam"), ("linear.optim.name", "adam"),
+    ("robustness.baseline_method", "byol"),
 ])
 def test_values_outside_the_lists_fail_validation_naming_the_field(field, value):
   with pytest.raises(ValueError, match=re.escape(f"config.{field}={value!r}")):
@@ -138,4 +156,70 @@ def test_every_recipe_is_listed_here():
 def test_every_recipe_validates(name, arg):
   import pathlib
   path = pathlib.Path(__file__).parents[1] / "configs" / name
-  config_lib.validate(config_lib.load_config_file(str(path), arg))
+  experiment.validate(config_lib.load_config_file(str(path), arg))
+
+
+_WITHOUT_JAX = """
+import sys
+
+# As if not installed: importing any of them raises ImportError.
+for name in ("jax", "jaxlib", "flax", "optax", "orbax", "orbax.checkpoint", "clu"):
+  sys.modules[name] = None
+from supcon_jax import config as config_lib
+config = config_lib.load_config_file(sys.argv[1], sys.argv[2])
+print(config.method, config.batch_size)
+"""
+
+
+@pytest.mark.parametrize("name,arg", [("imagenet_moco.py", ""), ("cifar10_fast.py", "ce"),
+                                      ("cifar100.py", "")])
+def test_a_recipe_loads_without_jax(name, arg):
+  import pathlib
+  path = pathlib.Path(__file__).parents[1] / "configs" / name
+  result = subprocess.run([sys.executable, "-c", _WITHOUT_JAX, str(path), arg],
+                          capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  expected = config_lib.load_config_file(str(path), arg)
+  assert result.stdout.split() == [expected.method, str(expected.batch_size)]
+
+
+def test_a_misspelt_field_is_an_error_naming_the_closest():
+  c = config_lib.base_config()
+  c.batch_sise = 3  # a recipe file can add fields: nothing would read this one
+  with pytest.raises(ValueError, match=re.escape("config.batch_sise is not a config field "
+                                                 "(did you mean batch_size?)")):
+    experiment.validate(c)
+  c = config_lib.base_config()
+  c.linear.epoch = 3.0
+  with pytest.raises(ValueError, match=re.escape("config.linear.epoch is not a config field "
+                                                 "(did you mean linear.epochs?)")):
+    experiment.validate(c)
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"linear.epochs": 0.0}, "config.linear.epochs=0.0 must be > 0"),
+    ({"knn.k": 0}, "config.knn.k=0 must be > 0"),
+    ({"knn.k": 300, "knn.num_train": 256}, "config.knn.k=300 is more than the "
+                                           "config.knn.num_train=256"),
+    ({"data.num_classes": 1}, "config.data.num_classes=1: a classifier needs at least 2"),
+])
+def test_values_that_ran_silently_are_errors(fields, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    _config(**fields)
+
+
+@pytest.mark.parametrize("fields,checked,message", [
+    ({"batch_size": 400}, ("batch_size",),
+     "config.batch_size=400 is more than the 297 training images, so an epoch has no full "
+     "batch; set config.batch_size to at most 297"),
+    ({"linear.batch_size": 512}, ("linear.batch_size",),
+     "config.linear.batch_size=512 is more than the 297 training images"),
+    ({"knn.k": 400}, ("knn.k",), "config.knn.k=400 is more than the 297 training images of "
+                                 "the kNN memory bank; set config.knn.k to at most 297"),
+])
+def test_batches_and_k_larger_than_the_training_split_are_errors(fields, checked, message):
+  c = _config(**fields)
+  validation.check_dataset(c, 297, ())  # only what the stage reads is checked
+  with pytest.raises(ValueError, match=re.escape(message)):
+    validation.check_dataset(c, 297, checked)
+  validation.check_dataset(c, 1000, checked)

@@ -1,8 +1,9 @@
 """The console of `python -m supcon_jax.main`: short lines for people, every record in
 `<workdir>/log.txt`, `--verbose` for the full records, and one line for a broken config file.
 
-The runs are real processes on a tiny config (test_experiment.tiny_config: digits at 8x8, ResNet-18 at width 1/8, two
-steps per stage) on two simulated devices, sharing the tests' compilation cache (conftest).
+The runs are real processes on a tiny config (tests/helpers.py's tiny_config: digits at 8x8,
+ResNet-18 at width 1/8, two steps per stage) on two simulated devices, sharing the tests'
+compilation cache (conftest).
 """
 
 import os
@@ -15,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ABSL_RECORD = re.compile(r"^[IWEF]\d{4} ", re.M)  # absl's format: I1124 10:56:47.99 ... file.py:52]
 
 CONFIG = '''
-from tests.test_experiment import tiny_config
+from tests.helpers import tiny_config
 
 
 def get_config(arg=None):

@@ -554,7 +554,8 @@ def test_pixelate_and_jpeg_close_to_pil():
   levels = _levels(27, 3)
   for severity in C.SEVERITIES:
     size = int(27 * [0.95, 0.9, 0.85, 0.75, 0.65][severity - 1])
-    ours = np.asarray(jax.vmap(lambda x: C.pixelate(None, x, severity))(_unit(levels))) * 255
+    pixelate = lambda x, s=severity: C.pixelate(None, x, s)
+    ours = np.asarray(jax.vmap(pixelate)(_unit(levels))) * 255
     for i, level in enumerate(levels):
       img = Image.fromarray(level).resize((size, size), Image.BOX).resize((27, 27), Image.BOX)
       assert np.abs(ours[i] - np.asarray(img, np.float64)).max() <= 1.0 + 1e-4, (severity, i)

@@ -2,6 +2,7 @@
 
 The reference for every embedding is the project's own evaluation path: the whole TrainState
 restored by the trainer's checkpointer and run by `evaluate.encode` (or the model's apply).
+A `TrainedModel` of the trainer and one of `load_encoder` are the same type.
 """
 
 import json
@@ -15,15 +16,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from supcon_jax import checkpoint, data, evaluate, methods, optim, sharding, train
-from supcon_jax import embed, encoder as encoder_lib, export
+from supcon_jax import (
+  checkpoint,
+  data,
+  embed,
+  evaluate,
+  export,
+  methods,
+  optim,
+  sharding,
+  train,
+  trained,
+)
 from supcon_jax.data import folder
 
 METHODS = ("supcon", "ce")  # a contrastive method (with z) and one with a classifier
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_runs):
+def tiny_root(tiny_runs):
   """The session's tiny runs (conftest): <root>/<method>, each with checkpoints 2 and 4."""
   return str(tiny_runs[0])
 
@@ -31,7 +42,7 @@ def runs(tiny_runs):
 def _reference(workdir: str, step: int):
   """The model of `workdir` at `step`, from its whole train state restored through the
   trainer's own checkpointer (not load_encoder's partial restore)."""
-  config = encoder_lib.read_config(os.path.join(workdir, "config.json"))
+  config = trained.read_config(os.path.join(workdir, "config.json"))
   mesh = sharding.make_mesh()
   method = methods.get(config.method)
   model = method.build_model(config.model, config.data.num_classes)
@@ -41,10 +52,10 @@ def _reference(workdir: str, step: int):
   state = train.create_state(params, stats, tx, mesh)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=1, keep=9,
                                  meta={})
-  state = train.resume(state, ckpt, step=step)
+  _, state = ckpt.restore_latest(checkpoint.abstract(state), step=step)
   ckpt.close()
-  return config, evaluate.TrainedEncoder(
-      model.apply, {"params": state.params, "batch_stats": state.batch_stats},
+  return config, model, trained.TrainedModel(
+      config, {"params": state.params, "batch_stats": state.batch_stats},
       checkpoint.CheckpointRef(ckpt.directory, int(state.step)))
 
 
@@ -56,10 +67,10 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_embeddings_are_those_of_the_evaluation_path(runs, method):
-  workdir = os.path.join(runs, method)
-  enc = encoder_lib.load_encoder(workdir, step=2)
-  config, ref = _reference(workdir, 2)
+def test_embeddings_are_those_of_the_evaluation_path(tiny_root, method):
+  workdir = os.path.join(tiny_root, method)
+  enc = trained.load_encoder(workdir, step=2)
+  config, model, ref = _reference(workdir, 2)
   assert enc.step == 2 and enc.image_size == 8 and enc.config.method == method
   rng = np.random.default_rng(0)
   grey = rng.integers(0, 256, (10, 13, 11, 1), np.uint8)  # another size, one channel
@@ -69,15 +80,14 @@ def test_embeddings_are_those_of_the_evaluation_path(runs, method):
   batches = [{"image": jnp.asarray(as_uint8), "label": jnp.zeros(10, jnp.int32),
               "mask": jnp.ones(10, jnp.float32)}]
   outputs = ("repr", "proj") if method == "supcon" else ("repr",)
-  expected = evaluate.encode(ref, iter(batches), evaluate.eval_transform(config),
-                             outputs=outputs)
+  expected = evaluate.encode(ref, iter(batches), outputs=outputs)
   # uint8 of another size and 1 channel, in batches of 4 (the last one padded).
   r = enc.embed(grey, batch_size=4)
   assert r.dtype == np.float32 and r.shape == (10, enc.output_dim())
   np.testing.assert_allclose(r, expected["repr"], atol=1e-5)
   # Float images in [0, 1] are resized without rounding and normalised alike.
   normalised = (resized / 255 - np.asarray(config.data.mean)) / np.asarray(config.data.std)
-  direct = jax.jit(ref.apply, static_argnames="train")(
+  direct = jax.jit(model.apply, static_argnames="train")(
       ref.variables, jnp.asarray(normalised, jnp.float32), train=False)
   np.testing.assert_allclose(enc.embed(rgb / 255.0), direct["repr"], atol=1e-5)
   # Images already image_size x image_size are taken as they are.
@@ -92,19 +102,19 @@ def test_embeddings_are_those_of_the_evaluation_path(runs, method):
       enc.embed(grey, projection=True)
 
 
-def test_latest_and_chosen_checkpoint(runs):
-  workdir = os.path.join(runs, "supcon")
+def test_latest_and_chosen_checkpoint(tiny_root):
+  workdir = os.path.join(tiny_root, "supcon")
   images = np.random.default_rng(1).integers(0, 256, (6, 8, 8, 3), np.uint8)
-  latest, second = encoder_lib.load_encoder(workdir), encoder_lib.load_encoder(workdir, 2)
+  latest, second = trained.load_encoder(workdir), trained.load_encoder(workdir, 2)
   assert (latest.step, second.step) == (4, 2)
   assert str(latest.checkpoint) == os.path.join(os.path.abspath(workdir), "checkpoints", "4")
   assert not np.allclose(latest.embed(images), second.embed(images))  # two trained states
-  assert encoder_lib.load_encoder(workdir, 4).embed(images).tobytes() == \
+  assert trained.load_encoder(workdir, 4).embed(images).tobytes() == \
       latest.embed(images).tobytes()
 
 
-def test_bad_images_are_refused(runs):
-  enc = encoder_lib.load_encoder(os.path.join(runs, "supcon"))
+def test_bad_images_are_refused(tiny_root):
+  enc = trained.load_encoder(os.path.join(tiny_root, "supcon"))
   with pytest.raises(ValueError, match=r"float images must be in \[0, 1\]"):
     enc.embed(np.full((2, 8, 8, 3), 255.0))
   with pytest.raises(ValueError, match="C = 1 or 3"):
@@ -113,35 +123,35 @@ def test_bad_images_are_refused(runs):
 
 
 def test_resize_is_that_of_the_input_pipelines():
-  from supcon_jax.data import tfdata  # pylint: disable=g-import-not-at-top  # TensorFlow
+  from supcon_jax.data import tfdata  # TensorFlow
   rng = np.random.default_rng(2)
   for h, w, size in [(13, 11, 8), (40, 64, 16), (5, 7, 16)]:
     image = rng.integers(0, 256, (h, w, 3), np.uint8)
     for host_resize, pipeline in ((False, tfdata.resize), (True, tfdata.center_crop)):
       expected = pipeline(tfdata.tf.constant(image), size).numpy().astype(int)
-      mine = encoder_lib.resize_for_eval(jnp.asarray(image[None], jnp.float32), size,
+      mine = trained.resize_for_eval(jnp.asarray(image[None], jnp.float32), size,
                                          host_resize)
       diff = np.abs(np.clip(np.round(np.asarray(mine[0])), 0, 255) - expected)
       # Equal but for float rounding at a half level, now and then.
       assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (h, w, size, host_resize)
 
 
-def test_errors_name_the_problem(runs, tmp_path):
+def test_errors_name_the_problem(tiny_root, tmp_path):
   missing = str(tmp_path / "nowhere")
   with pytest.raises(FileNotFoundError, match=f"no such directory: {missing}"):
-    encoder_lib.load_encoder(missing)
+    trained.load_encoder(missing)
   with pytest.raises(FileNotFoundError, match=f"{tmp_path} is neither a training workdir"):
-    encoder_lib.load_encoder(str(tmp_path))
+    trained.load_encoder(str(tmp_path))
   with pytest.raises(ValueError, match="several methods \\(ce, simclr, supcon\\)"):
-    encoder_lib.load_encoder(runs)
-  workdir = os.path.join(runs, "supcon")
+    trained.load_encoder(tiny_root)
+  workdir = os.path.join(tiny_root, "supcon")
   with pytest.raises(FileNotFoundError, match=r"no checkpoint 3 in .*checkpoints; it has \[2, 4\]"):
-    encoder_lib.load_encoder(workdir, step=3)
+    trained.load_encoder(workdir, step=3)
   empty = tmp_path / "not_started"
   empty.mkdir()
   (empty / "config.json").write_text(open(os.path.join(workdir, "config.json")).read())
   with pytest.raises(FileNotFoundError, match="no checkpoint in .*not_started/checkpoints"):
-    encoder_lib.load_encoder(str(empty))
+    trained.load_encoder(str(empty))
 
 
 def _image_folder(root, classes: bool) -> list[str]:
@@ -164,8 +174,8 @@ def _image_folder(root, classes: bool) -> list[str]:
   return written
 
 
-def test_embed_command_with_class_folders(runs, tmp_path, capsys):
-  workdir = os.path.join(runs, "supcon")
+def test_embed_command_with_class_folders(tiny_root, tmp_path, capsys):
+  workdir = os.path.join(tiny_root, "supcon")
   _image_folder(tmp_path / "images", classes=True)
   out = tmp_path / "out" / "digits.npz"
   embed.main(["--workdir", workdir, "--images", str(tmp_path / "images"), "--out", str(out),
@@ -179,10 +189,12 @@ def test_embed_command_with_class_folders(runs, tmp_path, capsys):
   np.testing.assert_array_equal(saved["labels"], labels)
   assert [classes[k] for k in saved["labels"]] == [os.path.basename(os.path.dirname(p))
                                                    for p in paths]
-  # Each file as the in-memory folder source reads it (decode, PIL resize), then embedded.
-  read = np.stack([folder._read(p, 8, False) for p in paths])  # pylint: disable=protected-access
-  np.testing.assert_allclose(saved["embeddings"],
-                             encoder_lib.load_encoder(workdir).embed(read), atol=1e-5)
+  # One path: each file decoded as training decodes folders, then `embed` of its array (its
+  # resize included). Only the batches differ (10 files here, one there), which changes
+  # nothing but XLA's float32 summation order in the convolutions: ~1e-6 of values of ~1.
+  model = trained.load_encoder(workdir)
+  one_by_one = np.concatenate([model.embed(np.asarray(folder.decode(p))[None]) for p in paths])
+  np.testing.assert_allclose(saved["embeddings"], one_by_one, atol=1e-5)
   neighbours, _ = embed.nearest_neighbours(saved["embeddings"], 3)
   agreement = embed.class_agreement(neighbours, saved["labels"])
   assert f"3-nearest-neighbour class agreement (cosine): {agreement:.4f}" in captured.out
@@ -191,11 +203,11 @@ def test_embed_command_with_class_folders(runs, tmp_path, capsys):
   assert Image.open(picture).format == "PNG"
 
 
-def test_embed_command_without_class_folders(runs, tmp_path, capsys):
+def test_embed_command_without_class_folders(tiny_root, tmp_path, capsys):
   written = _image_folder(tmp_path / "flat", classes=False)
   (tmp_path / "flat" / "empty_subfolder").mkdir()
   out = tmp_path / "flat.npz"
-  embed.main(["--workdir", os.path.join(runs, "supcon"), "--images", str(tmp_path / "flat"),
+  embed.main(["--workdir", os.path.join(tiny_root, "supcon"), "--images", str(tmp_path / "flat"),
               "--out", str(out), "--neighbours", "2", "--projection"])
   saved = np.load(out)
   assert sorted(saved.files) == ["embeddings", "paths"]
@@ -217,15 +229,15 @@ def test_nearest_neighbours_exclude_the_query():
     (["--images", "{tmp}/none"], "image folder '{tmp}/none' does not exist"),
     (["--images", "{tmp}/empty"], "image folder {tmp}/empty has no images"),
     (["--workdir", "{tmp}/nowhere"], "no such directory: {tmp}/nowhere"),
-    (["--workdir", "{runs}"], "holds the runs of several methods"),
+    (["--workdir", "{tiny_root}"], "holds the runs of several methods"),
     (["--neighbours", "30"], "--neighbours 30 needs 1 <= K < the number of images (24)"),
 ])
-def test_embed_command_user_errors(runs, tmp_path, capsys, args, message):
+def test_embed_command_user_errors(tiny_root, tmp_path, capsys, args, message):
   _image_folder(tmp_path / "images", classes=True)
   (tmp_path / "empty").mkdir()
-  argv = {"--workdir": os.path.join(runs, "supcon"), "--images": str(tmp_path / "images"),
+  argv = {"--workdir": os.path.join(tiny_root, "supcon"), "--images": str(tmp_path / "images"),
           "--out": str(tmp_path / "x.npz")}
-  fill = lambda s: s.format(tmp=tmp_path, runs=runs)
+  fill = lambda s: s.format(tmp=tmp_path, tiny_root=tiny_root)
   for flag, value in zip(args[::2], args[1::2]):
     argv[flag] = fill(value)
   with pytest.raises(SystemExit) as exit_info:
@@ -238,13 +250,13 @@ def test_embed_command_user_errors(runs, tmp_path, capsys, args, message):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_export_round_trip_is_bitwise(runs, tmp_path, method, capsys):
-  workdir = os.path.join(runs, method)
+def test_export_round_trip_is_bitwise(tiny_root, tmp_path, method, capsys):
+  workdir = os.path.join(tiny_root, method)
   out = tmp_path / "export"
   export.main(["--workdir", workdir, "--out", str(out), "--step", "2"])
   assert "exported" in capsys.readouterr().out
   assert sorted(os.listdir(out)) == ["encoder.msgpack", "model_card.json"]
-  original, exported = encoder_lib.load_encoder(workdir, 2), encoder_lib.load_encoder(str(out))
+  original, exported = trained.load_encoder(workdir, 2), trained.load_encoder(str(out))
   images = np.random.default_rng(3).integers(0, 256, (5, 9, 12, 1), np.uint8)
   assert exported.embed(images).tobytes() == original.embed(images).tobytes()
   card = json.loads((out / "model_card.json").read_text())
@@ -263,13 +275,23 @@ def test_export_round_trip_is_bitwise(runs, tmp_path, method, capsys):
   else:
     assert card["projection"] is None
   with pytest.raises(FileNotFoundError, match="export of step 2, not 4"):
-    encoder_lib.load_encoder(str(out), step=4)
+    trained.load_encoder(str(out), step=4)
   weights = out / "encoder.msgpack"
   weights.write_bytes(weights.read_bytes()[:-1000])
   with pytest.raises(ValueError, match=f"cannot read {weights}: .*incomplete input"):
-    encoder_lib.load_encoder(str(out))
+    trained.load_encoder(str(out))
   with pytest.raises(ValueError, match="is a training workdir"):
     export.export(workdir, workdir)
+  # Another export into a directory that holds files: refused, naming them, unless asked.
+  card_bytes = (out / "model_card.json").read_bytes()
+  with pytest.raises(SystemExit) as exit_info:
+    export.main(["--workdir", workdir, "--out", str(out)])
+  assert exit_info.value.code == 1
+  err = capsys.readouterr().err
+  assert f"error: {out} is not empty (it holds encoder.msgpack, model_card.json)" in err
+  assert "--overwrite" in err and (out / "model_card.json").read_bytes() == card_bytes
+  export.main(["--workdir", workdir, "--out", str(out), "--overwrite"])
+  assert json.loads((out / "model_card.json").read_text())["step"] == 4
 
 
 _WITHOUT_TENSORFLOW = """
@@ -287,11 +309,11 @@ assert not [m for m, v in sys.modules.items() if m.startswith("tensorflow") and 
 """
 
 
-def test_embedding_needs_no_tensorflow(runs, tmp_path):
+def test_embedding_needs_no_tensorflow(tiny_root, tmp_path):
   _image_folder(tmp_path / "images", classes=True)
   out = tmp_path / "e.npz"
   result = subprocess.run(
-      [sys.executable, "-c", _WITHOUT_TENSORFLOW, "--workdir", os.path.join(runs, "ce"),
+      [sys.executable, "-c", _WITHOUT_TENSORFLOW, "--workdir", os.path.join(tiny_root, "ce"),
        "--images", str(tmp_path / "images"), "--out", str(out)],
       capture_output=True, text=True, timeout=300, check=False)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -1,12 +1,12 @@
-"""The kNN monitor, top-k, and the embedding picture."""
-
-import sys
+"""Evaluation of a trained model: kNN, top-k, the linear stage, one program for every pass."""
 
 import jax
 import numpy as np
 import pytest
 
-from supcon_jax import checkpoint, config as config_lib, data, evaluate
+from supcon_jax import checkpoint, data, evaluate, linear_probe, methods, sharding, train, trained
+from supcon_jax import config as config_lib
+from supcon_jax.trained import TrainedModel
 
 
 def test_knn_votes_by_cosine_similarity():
@@ -27,27 +27,6 @@ def test_top_k_and_classifier_evaluation():
   assert named == {"classifier_top1": 50.0, "classifier_top5": 100.0}
 
 
-def test_embedding_picture_is_a_png(tmp_path):
-  rng = np.random.default_rng(0)
-  labels = np.repeat(np.arange(3), 20)
-  features = rng.normal(size=(60, 8)) + 5 * np.eye(8)[labels]
-  path = evaluate.plot_embedding(features, labels, str(tmp_path / "e.png"), title="test")
-  with open(path, "rb") as f:
-    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-
-
-def test_pca_where_sklearn_is_missing(monkeypatch):
-  monkeypatch.setitem(sys.modules, "sklearn.manifold", None)  # import now raises ImportError
-  rng = np.random.default_rng(1)
-  x = rng.normal(size=(40, 5)) * np.array([10.0, 3.0, 1.0, 0.5, 0.1])
-  xy, how = evaluate.embed_2d(x)
-  assert how == "PCA"
-  cov = np.cov(x - x.mean(0), rowvar=False)
-  top2 = np.linalg.eigh(cov)[1][:, ::-1][:, :2]
-  expected = (x - x.mean(0)) @ top2
-  np.testing.assert_allclose(np.abs(xy), np.abs(expected), rtol=1e-6, atol=1e-6)
-
-
 def _colour_classes(n_per_class=32, size=8, seed=0):
   """Four classes, each a flat colour (black, red, green, blue) with noise: separable r."""
   rng = np.random.default_rng(seed)
@@ -58,9 +37,9 @@ def _colour_classes(n_per_class=32, size=8, seed=0):
 
 
 def _colour_config():
-  from supcon_jax import config as config_lib
   c = config_lib.base_config()
   c.data.num_classes = 4
+  c.data.image_size = 8
   c.model.width = 0.0625
   c.augment.policy = "cropflip"
   c.linear.batch_size = 32
@@ -72,7 +51,6 @@ def _colour_config():
 
 @pytest.mark.parametrize("linear_augment", ["none", "cropflip"])
 def test_linear_evaluation_learns_and_leaves_the_encoder_bitwise_alone(tmp_path, linear_augment):
-  from supcon_jax import checkpoint, methods, sharding, train
   c = _colour_config()
   c.linear.augment = linear_augment
   mesh = sharding.make_mesh(8)
@@ -81,22 +59,23 @@ def test_linear_evaluation_learns_and_leaves_the_encoder_bitwise_alone(tmp_path,
                                               mesh=mesh)
   model = methods.get("supcon").build_model(c.model, 4)
   params, batch_stats = train.init_model(model, 0, images.shape[1:], mesh)
-  encoder = evaluate.TrainedEncoder(model.apply, {"params": params, "batch_stats": batch_stats},
-                                    checkpoint.CheckpointRef(str(tmp_path), 0))
+  encoder = TrainedModel(c, {"params": params, "batch_stats": batch_stats},
+                         checkpoint.CheckpointRef(str(tmp_path), 0))
   before = jax.tree.map(np.array, jax.device_get(encoder.variables))
   held = data.ArraySource.from_arrays(*_colour_classes(8, seed=1), num_classes=4,
                                       global_batch=32, mesh=mesh)
-  eval_out = evaluate.encode(encoder, held.eval_batches(), evaluate.eval_transform(c))
-  result, _ = evaluate.linear_evaluation(c, encoder, train_source, eval_out, mesh=mesh,
-                                      workdir=str(tmp_path))
+  eval_out = evaluate.encode(encoder, held.eval_batches())
+  result, _, steps = linear_probe.train_classifier(c, encoder, train_source, eval_out, mesh=mesh,
+                                                   workdir=str(tmp_path))
   assert result["linear_top1"] >= 90.0, result  # chance: 25%
+  assert steps == 10 * 4  # 10 epochs of 128 images at batch 32
   after = jax.device_get(encoder.variables)
   for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
     np.testing.assert_array_equal(a, b)
 
 
 def test_cross_entropy_baseline_classifier_learns():
-  from supcon_jax import methods, optim, sharding, train
+  from supcon_jax import optim
   c = _colour_config()
   c.method = "ce"
   c.optim.update(name="sgd", base_lr=0.5, warmup_epochs=0.0)
@@ -109,31 +88,38 @@ def test_cross_entropy_baseline_classifier_learns():
   tx, _ = optim.make_optimizer(c.optim, batch_size=32, steps_per_epoch=4, total_steps=40)
   state = train.create_state(*train.init_model(model, 0, images.shape[1:], mesh), tx, mesh)
   step = train.make_step(method.loss_fn(c, model, mesh), tx, mesh)
-  stream, rng = source.train_batches(), jax.random.PRNGKey(0)
+  stream, rng = source.train_batches(), jax.random.key(0)
   for _ in range(40):
     state, _ = step(state, next(stream), rng)
-  encoder = evaluate.TrainedEncoder(model.apply, {"params": state.params,
-                                                  "batch_stats": state.batch_stats}, None)
+  encoder = TrainedModel(c, {"params": state.params, "batch_stats": state.batch_stats},
+                         checkpoint.CheckpointRef("/x", 40))
   held = data.ArraySource.from_arrays(*_colour_classes(8, seed=1), num_classes=4,
                                       global_batch=32, mesh=mesh)
-  out = evaluate.encode(encoder, held.eval_batches(), evaluate.eval_transform(c),
-                        outputs=("repr", "logits"))
+  out = evaluate.encode(encoder, held.eval_batches(), outputs=("repr", "logits"))
   assert evaluate.classifier_evaluation(out)["classifier_top1"] >= 90.0  # chance: 25%
 
 
-def test_encode_compiles_the_model_once_for_every_pass():
-  # The robustness stage encodes the evaluation split once per corruption and severity.
+def test_encode_compiles_the_model_once_for_every_pass(monkeypatch):
+  # The robustness stage encodes the evaluation split once per corruption and severity, and
+  # the monitor once per evaluation, each time with a new model object of the same config.
   traces = []
+  original = trained._model_input
 
-  def apply(variables, images, train):
+  def counted(config, images):  # runs when the model's program is traced, not when it runs
     traces.append(images.shape)
-    return {"repr": images.mean(axis=(1, 2))}
+    return original(config, images)
 
-  encoder = evaluate.TrainedEncoder(apply, {}, checkpoint.CheckpointRef("/x", 1))
-  c = config_lib.base_config()
-  batch = {"image": np.zeros((8, 4, 4, 3), np.uint8), "label": np.arange(8, dtype=np.int32),
-           "mask": np.ones(8, np.int32)}
-  for _ in range(3):
-    out = evaluate.encode(encoder, iter([batch, batch]), evaluate.eval_transform(c))
-    assert out["repr"].shape == (16, 3)
+  monkeypatch.setattr(trained, "_model_input", counted)
+  trained._compiled_apply.cache_clear()
+  c = _colour_config()
+  mesh = sharding.make_mesh(8)
+  params, stats = train.init_model(methods.get("supcon").build_model(c.model, 4), 0, (8, 8, 3),
+                                   mesh)
+  source = data.ArraySource.from_arrays(*_colour_classes(4), num_classes=4, global_batch=16,
+                                        mesh=mesh)
+  for step in range(3):
+    model = TrainedModel(c, {"params": params, "batch_stats": stats},
+                         checkpoint.CheckpointRef("/x", step))
+    out = evaluate.encode(model, source.eval_batches())
+    assert out["repr"].shape == (16, 32)  # ResNet-18 at width 1/16: 512 / 16
   assert len(traces) == 1, traces

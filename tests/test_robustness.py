@@ -7,21 +7,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from supcon_jax import config as config_lib, experiment, robustness
-from tests.test_experiment import tiny_config
+from supcon_jax import config as config_lib
+from supcon_jax import experiment, robustness
+from tests.helpers import tiny_config
 
 # What conftest's tiny runs were scored on.
 CORRUPTIONS, SEVERITIES = ("gaussian_noise", "contrast"), (1, 5)
 
 
-@pytest.fixture(scope="module")
-def runs(tiny_runs):
-  """The session's tiny runs (conftest), each scored on two corruptions at two severities."""
-  return tiny_runs
-
-
-def test_every_method_gets_its_robustness_block_and_pictures(runs):
-  root, results = runs
+def test_every_method_gets_its_robustness_block_and_pictures(tiny_runs):
+  root, results = tiny_runs
   for method in ("supcon", "simclr", "ce"):
     r = results[method]["robustness"]
     assert set(r["top1"]) == set(CORRUPTIONS) and r["severities"] == list(SEVERITIES)
@@ -35,8 +30,8 @@ def test_every_method_gets_its_robustness_block_and_pictures(runs):
   assert (root / "robustness.png").read_bytes()[:4] == b"\x89PNG"  # every method in one
 
 
-def test_the_cross_entropy_run_is_the_baseline_of_the_others(runs):
-  root, results = runs
+def test_the_cross_entropy_run_is_the_baseline_of_the_others(tiny_runs):
+  root, results = tiny_runs
   ours, base = results["supcon"]["robustness"], results["ce"]["robustness"]
   assert ours["baseline"] == "ce" and "mce" not in base
   for c in CORRUPTIONS:  # Hendrycks & Dietterich's definitions, written out
@@ -72,8 +67,8 @@ def test_corruption_errors_against_a_baseline_by_hand():
     robustness.corruption_errors(ours, {"clean_top1": 1.0, "top1": {"zoom_blur": {}}})
 
 
-def test_robustness_stage_on_a_finished_workdir_gives_the_same_numbers(runs):
-  root, results = runs
+def test_robustness_stage_on_a_finished_workdir_gives_the_same_numbers(tiny_runs):
+  root, results = tiny_runs
   config = tiny_config("supcon")
   config.stage = "robustness"
   config.robustness.update(corruptions=CORRUPTIONS, severities=SEVERITIES,
@@ -101,8 +96,8 @@ def _colour_folder(root, size=16):
   return root
 
 
-def test_linear_evaluation_transfers_to_another_dataset(runs, tmp_path):
-  root, _ = runs
+def test_linear_evaluation_transfers_to_another_dataset(tiny_runs, tmp_path):
+  root, _ = tiny_runs
   config = tiny_config("supcon")
   config.stage = "linear"
   config.linear.encoder_workdir = str(root / "supcon")
@@ -113,7 +108,7 @@ def test_linear_evaluation_transfers_to_another_dataset(runs, tmp_path):
   config.linear.optim.base_lr = 4.0  # x 32 / 256: 0.5
   # Scored under corruption too: robustness on an image folder.
   config.robustness.update(enabled=True, corruptions=("contrast",), severities=(1, 5))
-  config_lib.validate(config)
+  experiment.validate(config)
   result = experiment.train_and_evaluate(config, str(tmp_path / "transfer"))
   assert result["encoder_steps"] == 4 and result["linear_top1"] > 50.0  # chance: 25%
   contrast = result["robustness"]["top1"]["contrast"]
@@ -142,9 +137,18 @@ def test_linear_evaluation_transfers_to_another_dataset(runs, tmp_path):
     experiment.train_and_evaluate(config, str(tmp_path / "missing_step"))
 
 
+class _MeanColour:
+  """A stand-in for a trained model: r is the mean colour (the logits: its first two)."""
+
+  def outputs(self, images, names):
+    assert names == ("repr",)
+    return {"repr": images.astype(np.float32).mean(axis=(1, 2))}
+
+
 def test_tfds_corrupted_datasets_are_read_through_the_tfds_source(monkeypatch):
   import tensorflow_datasets as tfds
-  from supcon_jax import checkpoint, evaluate, sharding
+
+  from supcon_jax import evaluate, sharding
   config = config_lib.base_config()
   config.data.update(source="tfds", name="cifar10", image_size=32)
   config.batch_size = 16
@@ -155,10 +159,7 @@ def test_tfds_corrupted_datasets_are_read_through_the_tfds_source(monkeypatch):
   assert robustness.corruption_names(config) == robustness.BENCHMARK + robustness.EXTRA
   config.robustness.corruptions = ("gaussian_noise", "frost")
   mesh = sharding.make_mesh()
-  # A stand-in model: r is the mean colour, the logits its first two channels.
-  encoder = evaluate.TrainedEncoder(
-      lambda v, x, train: {"repr": x.mean(axis=(1, 2))}, {},
-      checkpoint.CheckpointRef("/x", 1))
+  model = _MeanColour()
   seen, original = [], robustness.data.make_source
 
   def make_source(data_config, **kwargs):
@@ -168,9 +169,9 @@ def test_tfds_corrupted_datasets_are_read_through_the_tfds_source(monkeypatch):
   monkeypatch.setattr(robustness.data, "make_source", make_source)
   with tfds.testing.mock_data(num_examples=20):
     eval_source = original(config.data, split="eval", global_batch=16, mesh=mesh, seed=0)
-    clean = evaluate.encode(encoder, eval_source.eval_batches(), evaluate.eval_transform(config))
+    clean = evaluate.encode(model, eval_source.eval_batches())
     result, firsts = robustness.evaluate_corruptions(
-        config, encoder, lambda out: out["repr"][:, :2], ("repr",), eval_source, mesh, clean)
+        config, model, lambda out: out["repr"][:, :2], ("repr",), eval_source, mesh, clean)
   assert seen == [("cifar10_corrupted/gaussian_noise_1", "test"),
                   ("cifar10_corrupted/gaussian_noise_3", "test"),
                   ("cifar10_corrupted/frost_1", "test"), ("cifar10_corrupted/frost_3", "test")]

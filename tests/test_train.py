@@ -1,11 +1,23 @@
-"""The sharded train step: 8 devices give the same run as 1 device."""
+"""The sharded train step: 8 devices give the same run as 1 device, to float32 rounding.
+
+The tolerances follow the rounding model of tests/rounding.py.
+"""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from supcon_jax import config as config_lib, methods, optim, sharding, train
+from supcon_jax import config as config_lib
+from supcon_jax import methods, optim, sharding, train
+from tests.rounding import (
+  apart,
+  assert_moved_alike,
+  resnet18_sums,
+  rounding,
+  smooth_activations,
+  trained,
+)
 
 
 def _tiny_config(method="supcon"):
@@ -22,6 +34,7 @@ def _tiny_config(method="supcon"):
 
 
 def _run_steps(config, mesh, images, labels, num_steps=3):
+  """(losses, gradient norms, the states from the initial one to the last) of `num_steps`."""
   method = methods.get(config.method)
   model = method.build_model(config.model, 10)
   tx, _ = optim.make_optimizer(config.optim, batch_size=config.batch_size, steps_per_epoch=10,
@@ -29,13 +42,16 @@ def _run_steps(config, mesh, images, labels, num_steps=3):
   rng = jax.random.PRNGKey(0)
   params, batch_stats = train.init_model(model, 0, images.shape[1:], mesh)
   state = train.create_state(params, batch_stats, tx, mesh)
-  step = train.make_step(method.loss_fn(config, model, mesh), tx, mesh)
+  step = train.make_step(method.loss_fn(config, model, mesh), tx, mesh, donate=False)
   batch = sharding.to_global({"image": images, "label": labels}, mesh)
-  losses = []
+  losses, norms, states = [], [], [jax.device_get(state)]
   for _ in range(num_steps):
     state, m = step(state, batch, rng)
-    losses.append(float(m.compute()["loss"]))
-  return losses, jax.device_get(state)
+    values = m.compute()
+    losses.append(float(values["loss"]))
+    norms.append(float(values["grad_norm"]))
+    states.append(jax.device_get(state))
+  return losses, norms, states
 
 
 @pytest.mark.parametrize("method", ["supcon"])  # ce: same step code, covered end to end
@@ -45,13 +61,28 @@ def test_eight_devices_match_one(method):
   r = np.random.default_rng(0)
   images = r.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)
   labels = r.integers(0, 4, (16,)).astype(np.int32)
-  loss1, state1 = _run_steps(config, sharding.make_mesh(1), images, labels)
-  loss8, state8 = _run_steps(config, sharding.make_mesh(8), images, labels)
-  np.testing.assert_allclose(loss8, loss1, rtol=2e-5, atol=2e-5)
+  with smooth_activations():
+    loss1, norms, states1 = _run_steps(config, sharding.make_mesh(1), images, labels)
+    loss8, _, states8 = _run_steps(config, sharding.make_mesh(8), images, labels)
   assert loss1[0] != loss1[-1]  # the parameters did move
-  for a, b in zip(jax.tree.leaves(state1), jax.tree.leaves(state8)):
-    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5)
-  assert int(state8.step) == 3
+  # Rounding (module docstring) of ResNet-18/8 on 32 views of 16 x 16, BN over all of them:
+  # the forward pass and the logits' 128 products and 32-row log-sum-exps; a step adds the
+  # gradient's sums. LARS's update is the gradient's direction times a trust ratio of norms:
+  # twice a step's difference. After k steps the parameters differ by trained(update, k).
+  forward = resnet18_sums(0.125, 16, 32) + [128, 32]
+  update = 2 * rounding(forward + resnet18_sums(0.125, 16, 32, backward=True))
+  for k, (a, b) in enumerate(zip(loss1, loss8)):
+    # Step k's loss: the embeddings (unit vectors) differ by rounding(forward), each logit
+    # z_i.z_j / t by twice that / t, a per-anchor loss (a log-sum-exp less a mean of them)
+    # by twice the logits'; and the parameters it starts from, `apart` after k steps, move
+    # it by at most |gradient| x that (first order).
+    atol = (4 * rounding(forward) / config.loss.temperature
+            + norms[k] * apart(states1[0].params, states1[k].params, update, k))
+    np.testing.assert_allclose(b, a, rtol=0, atol=atol)
+  # Parameters, BN's running averages and LARS's momentum after 3 steps, from one start.
+  np.testing.assert_equal(jax.device_get(states8[0].params), jax.device_get(states1[0].params))
+  assert_moved_alike(states8[-1], states1[-1], states1[0], trained(update, 3), steps=3)
+  assert int(states8[-1].step) == 3
 
 
 def test_nonfinite_step_is_dropped_and_counted():

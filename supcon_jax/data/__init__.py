@@ -11,11 +11,21 @@ import jax
 
 from supcon_jax import sharding
 from supcon_jax.checks import one_of
-from supcon_jax.data.arrays import (DIGITS_EVAL_PER_CLASS, ArraySource, load_digits,
-                                    make_arrays_source)
+from supcon_jax.data.arrays import (
+  DIGITS_EVAL_PER_CLASS,
+  ArraySource,
+  load_digits,
+  make_arrays_source,
+)
 from supcon_jax.data.base import Crops, Source, crops_on_host
-from supcon_jax.data.folder import (BAD_IMAGES, FileList, list_images, make_folder_source,
-                                    split_files, write_split)
+from supcon_jax.data.folder import (
+  BAD_IMAGES,
+  FileList,
+  list_images,
+  make_folder_source,
+  split_files,
+  write_split,
+)
 from supcon_jax.data.tfds import make_tfds_source
 
 __all__ = ["ArraySource", "BAD_IMAGES", "Crops", "DIGITS_EVAL_PER_CLASS", "FileList", "SOURCES",

@@ -1,32 +1,35 @@
 """In-memory datasets held whole on every device; batches are gathered there.
 
 No host input pipeline at all: the dataset is replicated on every device and each step is a
-jitted gather `images[perm[k*B:(k+1)*B]]` whose output is sharded over `data`. The epoch's
-permutation comes from `fold_in(key(seed), epoch)`, so any step's batch is a pure function
-of (seed, step) and a resumed run continues the same stream. Never imports TensorFlow.
+jitted gather `images[perm[k*B:(k+1)*B]]` whose output is sharded over `data`. Epoch e's
+permutation is drawn from the run's "data" stream at e (rngs.py), so any step's batch is a
+pure function of (seed, step) and a resumed run continues the same stream. Never imports
+TensorFlow.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from supcon_jax import sharding
-from supcon_jax.data.base import (Crops, Source, check_labels, check_num_classes,
-                                  stratified_holdout)
+from supcon_jax import rngs, sharding
+from supcon_jax.data.base import Crops, Source, check_labels, check_num_classes, stratified_holdout
 
 DIGITS_EVAL_PER_CLASS = 36  # digits: ~20% of its ~180 images per class held out for eval
-_SAMPLE_STREAM = 2**31 - 1  # the permutation "epoch" that picks eval_batches' fixed sample
 
 
 def _permutation(epoch, *, seed, n):
-  return jax.random.permutation(jax.random.fold_in(jax.random.key(seed), epoch), n)
+  return jax.random.permutation(rngs.draw(rngs.stream(seed, "data"), epoch), n)
+
+
+def _sample(*, seed, n):
+  return jax.random.permutation(rngs.stream(seed, "eval_sample"), n)
 
 
 def _train_batch(images, labels, perm, start, *, size):
@@ -61,6 +64,8 @@ class ArraySource(Source):
     self._images, self._labels = sharding.replicate((images, labels), mesh)
     self._permute = jax.jit(functools.partial(_permutation, seed=seed, n=self.num_examples),
                             out_shardings=sharding.replicated(mesh))
+    self._sample = jax.jit(functools.partial(_sample, seed=seed, n=self.num_examples),
+                           out_shardings=sharding.replicated(mesh))
     self._compiled = {}
 
   @classmethod
@@ -93,7 +98,7 @@ class ArraySource(Source):
     sharding.check_batch_size(batch_size, self._mesh)
     limit = self.num_examples if max_examples is None else min(max_examples, self.num_examples)
     # All examples in order, or a fixed sample of `limit` (the data may be sorted by class).
-    order = (self._permute(_SAMPLE_STREAM) if limit < self.num_examples
+    order = (self._sample() if limit < self.num_examples
              else jnp.arange(self.num_examples))
     gather = self._jit(_eval_batch, batch_size)
     for start in range(0, limit, batch_size):
@@ -107,7 +112,7 @@ def load_digits(image_size: int, *, split: str, per_class: int = DIGITS_EVAL_PER
   "eval" holds out `per_class` images of every class chosen by `seed` (stratified_holdout);
   "train" is the rest.
   """
-  from sklearn.datasets import load_digits as sklearn_digits  # pylint: disable=g-import-not-at-top
+  from sklearn.datasets import load_digits as sklearn_digits
   digits = sklearn_digits()
   pixels = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # values are 0..16
   held = np.zeros(len(pixels), bool)

@@ -8,7 +8,8 @@ sharded over the `data` mesh axis. Evaluation batches also carry `mask` float32 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import jax
 import numpy as np

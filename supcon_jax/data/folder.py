@@ -22,8 +22,7 @@ from PIL import Image, ImageOps
 
 from supcon_jax.checks import one_of
 from supcon_jax.data.arrays import ArraySource
-from supcon_jax.data.base import (EVAL_CROP, Crops, Source, check_num_classes,
-                                  stratified_holdout)
+from supcon_jax.data.base import EVAL_CROP, Crops, Source, check_num_classes, stratified_holdout
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 BAD_IMAGES = ("fail", "skip")  # data.bad_images: stop at an unreadable image, or skip it
@@ -134,13 +133,44 @@ def _warn_if_overlapping(train_dir: str, eval_dir: str) -> None:
                   "the model trained on", eval_dir, how, train_dir)
 
 
-def exif_orientation(path: bytes | str) -> np.int64:
-  """The EXIF orientation code of an image file (1, upright, where it has none)."""
+def _header(path: str) -> int | Exception:
+  """The file's EXIF orientation code (1, upright, where it has none), read from its header,
+  or the exception opening it raised (an empty file, not an image)."""
   try:
-    with Image.open(path if isinstance(path, str) else path.decode()) as image:
-      return np.int64(image.getexif().get(_ORIENTATION, 1))
-  except Exception:  # pylint: disable=broad-except  # decoding it will fail, naming the file
-    return np.int64(1)
+    with Image.open(path) as image:
+      return int(image.getexif().get(_ORIENTATION, 1))
+  except Exception as err:  # noqa: BLE001  PIL reports a bad header many ways
+    return err
+
+
+def read_headers(files: FileList, bad_images: str = "fail"
+                 ) -> tuple[FileList, np.ndarray, int]:
+  """Opens every file's header once, before any training (threads): (the files that open,
+  their EXIF orientation codes, how many were skipped). A file that does not open stops here
+  naming it, or with bad_images="skip" is left out and counted; a file whose data is damaged
+  past its header is found when it is decoded."""
+  with concurrent.futures.ThreadPoolExecutor(min(32, 4 * (os.cpu_count() or 1))) as pool:
+    headers = list(pool.map(_header, files.paths))
+  keep = [i for i, h in enumerate(headers) if not isinstance(h, Exception)]
+  for path, header in zip(files.paths, headers):
+    if isinstance(header, Exception):
+      _unreadable(path, header, bad_images)
+  _count_skipped(len(files) - len(keep), len(files), files.root)
+  return (files.subset(np.asarray(keep, int)),
+          np.asarray([headers[i] for i in keep], np.int64), len(files) - len(keep))
+
+
+def _unreadable(path: str, error: Exception, bad_images: str) -> None:
+  """ValueError naming the file, or with bad_images="skip" a warning."""
+  if bad_images == "fail":
+    raise ValueError(f"cannot read image {path}: {error} (set data.bad_images='skip' to skip "
+                     "unreadable images)") from error
+  logging.warning("skipping unreadable image %s: %s", path, error)
+
+
+def _count_skipped(skipped: int, total: int, root: str) -> None:
+  if skipped:
+    logging.warning("skipped %d unreadable image(s) of %d in %s", skipped, total, root)
 
 
 def decode(path: str) -> Image.Image:
@@ -161,7 +191,7 @@ def _read(path: str, size: int, host_resize: bool) -> np.ndarray | Exception:
   """uint8 [size, size, 3], or the exception that reading it raised."""
   try:
     image = decode(path)
-  except Exception as err:  # pylint: disable=broad-except  # PIL reports corrupt data many ways
+  except Exception as err:  # noqa: BLE001  PIL reports corrupt data many ways
     return err
   if host_resize:  # the evaluation transform: shorter side to size / 0.875, central crop
     scale = round(size / EVAL_CROP) / min(image.size)
@@ -182,16 +212,12 @@ def load_images(files: FileList, size: int, *, host_resize: bool = False,
   images, labels, skipped = [], [], 0
   for path, label, result in zip(files.paths, files.labels, results):
     if isinstance(result, Exception):
-      if bad_images == "fail":
-        raise ValueError(f"cannot read image {path}: {result} (set data.bad_images='skip' "
-                         "to skip unreadable images)") from result
-      logging.warning("skipping unreadable image %s: %s", path, result)
+      _unreadable(path, result, bad_images)
       skipped += 1
       continue
     images.append(result)
     labels.append(label)
-  if skipped:
-    logging.warning("skipped %d unreadable image(s) of %d in %s", skipped, len(files), files.root)
+  _count_skipped(skipped, len(files), files.root)
   if not images:
     raise ValueError(f"no readable images in {files.root}")
   return np.stack(images), np.asarray(labels, np.int32), skipped
@@ -210,16 +236,20 @@ def make_folder_source(data_config, *, split: str, global_batch: int,
     return ArraySource(images, labels, num_classes=len(files.classes),
                        global_batch=global_batch, mesh=mesh, seed=seed, skipped=skipped)
 
-  from supcon_jax.data import tfdata  # pylint: disable=g-import-not-at-top
+  files, orientations, skipped = read_headers(files, data_config.bad_images)
+  if not len(files):
+    raise ValueError(f"no readable images in {files.root}")
+  from supcon_jax.data import tfdata
   tf = tfdata.tf
   n, p = jax.process_count(), jax.process_index()
   records = tf.data.Dataset.from_tensor_slices(
       (list(files.paths), np.asarray(files.labels, np.int32))).shard(n, p)
+  upright = tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(list(files.paths), orientations), default_value=1)
   # Paths are cheap and sorted by class, so the shuffle buffer holds all of them.
   return tfdata.TfDataSource(
       records, host_counts=[len(range(i, len(files), n)) for i in range(n)],
       num_classes=len(files.classes), data_config=data_config, global_batch=global_batch,
       mesh=mesh, seed=seed, shuffle_buffer=len(files), crops=crops, load=tf.io.read_file,
       skip_bad=data_config.bad_images == "skip", name_of=lambda key: key.decode(),
-      orientation=lambda key: tf.ensure_shape(
-          tf.numpy_function(exif_orientation, [key], tf.int64, stateful=False), []))
+      orientation=upright.lookup, skipped=skipped)

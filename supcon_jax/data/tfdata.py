@@ -1,12 +1,13 @@
 """tf.data pipelines behind the TFDS and image-folder sources.
 
-The one module that imports TensorFlow at the top; folder.py and tfds.py import it inside
-functions, so the in-memory path never loads TensorFlow.
+The one module of data/ that starts TensorFlow as it loads (through tf_setup); folder.py and
+tfds.py import it inside functions, so the in-memory path never loads TensorFlow.
 
-Determinism: epoch e reads this host's records shuffled with seed (seed, e); example i of
-that order is cropped with the stateless seed (seed, e, i). A run resumed at step s
-rebuilds epoch s // steps_per_epoch and skips the records of its first batches before
-decoding them, so it produces exactly the batches an uninterrupted run would (with
+Determinism: epoch e reads this host's records shuffled with seed s + e, s being the run's
+"data" stream as an integer (rngs.host_seed); example i of that order is cropped with the
+stateless seed (s + e, i). A run resumed at step k rebuilds epoch k // steps_per_epoch and
+skips the records of its first batches before decoding them, so it produces exactly the
+batches an uninterrupted run would (with
 data.bad_images="skip", unless images were skipped before the resume point in that epoch:
 the skipped records are not decoded, so the gaps they left are not reproduced).
 """
@@ -14,27 +15,15 @@ the skipped records are not decoded, so the gaps they left are not reproduced).
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import numpy as np
-import tensorflow as tf
 
-from supcon_jax import sharding
+from supcon_jax import rngs, sharding, tf_setup
 from supcon_jax.data.base import EVAL_CROP, Crops, Source
 
-
-def _hide_accelerators() -> None:
-  # tf.data runs on the host CPU; a TF that sees the GPU/TPU grabs memory JAX needs.
-  for kind in ("GPU", "TPU"):
-    try:
-      tf.config.set_visible_devices([], kind)
-    except RuntimeError:  # TensorFlow's runtime started before this module: too late.
-      logging.warning("TensorFlow was initialised before supcon_jax.data and may hold "
-                      "%s memory", kind)
-
-
-_hide_accelerators()
+tf = tf_setup.tensorflow()
 
 ASPECT_RANGE = (3 / 4, 4 / 3)  # Inception-style random-resized crop
 
@@ -148,27 +137,32 @@ class TfDataSource(Source):
                seed: int, shuffle_buffer: int, crops: Crops,
                load: Callable[[tf.Tensor], tf.Tensor] | None = None, jpeg: bool = False,
                skip_bad: bool = False, name_of: Callable[[bytes], str] | None = None,
-               orientation: Callable[[tf.Tensor], tf.Tensor] | None = None):
+               orientation: Callable[[tf.Tensor], tf.Tensor] | None = None, skipped: int = 0):
     """records: this host's (key, label int32) in a fixed order; `load(key)` gives the
     encoded image (key is the encoded image when load is None, a path for folders).
     host_counts: records of every process. shuffle_buffer: records in the shuffle buffer
     (all of them where records are sorted by class, e.g. file paths). crops: the training
     crops drawn here when data_config.host_resize. name_of: key -> file name; given, a
     decode failure is traced back to its file and raised as a ValueError naming it.
-    orientation: key -> EXIF orientation code, applied after decoding."""
+    orientation: key -> EXIF orientation code, applied after decoding. skipped: records
+    left out as unreadable before this source was made."""
     self._host_batch = sharding.host_batch_size(global_batch, mesh)
     self.num_examples, self.num_classes = int(sum(host_counts)), num_classes
     size = data_config.image_size
     self.image_shape = (size, size, 3)
-    self.global_batch, self.skipped = global_batch, 0
+    self.global_batch, self.skipped = global_batch, skipped
     self._records, self._host_counts = records, list(host_counts)
-    self._config, self._mesh, self._seed = data_config, mesh, seed
+    self._config, self._mesh = data_config, mesh
+    # tf.data's shuffles and stateless crops take integer seeds: the run's "data" stream
+    # (epoch e: this base + e) and "eval_sample" stream, as integers.
+    self._seed = rngs.host_seed(seed, "data")
+    self._sample_seed = rngs.host_seed(seed, "eval_sample")
     self._load = load or (lambda key: key)
     self._jpeg, self._skip_bad, self._name_of = jpeg, skip_bad, name_of
     self._shuffle_buffer, self._crops, self._orientation = shuffle_buffer, crops, orientation
 
   def _epoch_seed(self, epoch):
-    return self._seed * 1_000_003 + epoch
+    return self._seed + epoch
 
   def _epoch_order(self, epoch_seed) -> tf.data.Dataset:
     return self._records.shuffle(self._shuffle_buffer, seed=epoch_seed,
@@ -276,7 +270,7 @@ class TfDataSource(Source):
     records = self._records
     if max_examples is not None and max_examples < self.num_examples:
       # A fixed sample, not the first records: folders list their files class by class.
-      records = self._epoch_order(-1)
+      records = self._epoch_order(self._sample_seed)
     ds = records.take(own).map(self._eval_example, num_parallel_calls=tf.data.AUTOTUNE)
     if self._skip_bad:
       ds = ds.ignore_errors()

@@ -15,8 +15,9 @@ from supcon_jax.data.base import Crops, Source, check_num_classes
 def make_tfds_source(data_config, *, split: str, global_batch: int,
                      mesh: jax.sharding.Mesh, seed: int, crops: Crops) -> Source:
   """The TFDS dataset `data_config.name`, split "train" or "eval", through tf.data."""
-  from supcon_jax.data import tfdata  # pylint: disable=g-import-not-at-top  # hides the GPU first
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds
+
+  from supcon_jax.data import tfdata  # starts TensorFlow as tf_setup does, before TFDS can
   tf = tfdata.tf
 
   split_name = data_config.train_split if split == "train" else data_config.eval_split

@@ -4,10 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from supcon_jax.models.heads import (HEADS, CEModel, LinearClassifier, ProjectionHead,
-                                     SupConModel, head_macs)
-from supcon_jax.models.resnet import (DEPTHS, DTYPES, STEMS, ResNet, compute_dtype, feature_dim,
-                                      forward_macs)
+from supcon_jax.models.heads import (
+  HEADS,
+  CEModel,
+  LinearClassifier,
+  ProjectionHead,
+  SupConModel,
+  head_macs,
+)
+from supcon_jax.models.resnet import (
+  DEPTHS,
+  DTYPES,
+  STEMS,
+  ResNet,
+  compute_dtype,
+  feature_dim,
+  forward_macs,
+)
 
 __all__ = ["CEModel", "DEPTHS", "DTYPES", "HEADS", "LinearClassifier", "ProjectionHead",
            "ResNet", "STEMS", "SupConModel", "build_encoder", "compute_dtype", "encoder_kwargs",

@@ -20,7 +20,8 @@ chunks are defined by global indices, the result does not depend on the number o
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax

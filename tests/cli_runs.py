@@ -2,8 +2,8 @@
 tiny config (digits at 8x8, ResNet-18 at width 1/8, 10 steps crossing two epoch boundaries)
 on two simulated devices (one each for two processes), and what the tests read back.
 
-The uninterrupted reference run is made once per test session for every file and worker
-(conftest's `reference`); all runs share the tests' persistent compilation cache (conftest), so
+The uninterrupted reference_run run is made once per test session for every file and worker
+(conftest's `reference_run`); all runs share the tests' persistent compilation cache (conftest), so
 only the first run of each program pays for compiling.
 """
 
@@ -21,7 +21,6 @@ from pathlib import Path
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 10  # 297 training digits (150 per class held out) at batch 64: 4 steps per epoch
@@ -59,7 +58,7 @@ def xla_flags(devices):
   return " ".join(kept + [f"--xla_force_host_platform_device_count={devices}"])
 
 
-def env(shared, devices=2):
+def env(devices=2):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
          "XLA_FLAGS": xla_flags(devices),
          "PYTHONPATH": str(ROOT)}
@@ -67,15 +66,15 @@ def env(shared, devices=2):
   return env
 
 
-def start(shared, workdir, *overrides, devices=2, extra=(), max_file_bytes=None):
-  args = [sys.executable, "-m", "supcon_jax.main", f"--config={shared / 'tiny.py'}",
+def start(config_dir, workdir, *overrides, devices=2, extra=(), max_file_bytes=None):
+  args = [sys.executable, "-m", "supcon_jax.main", f"--config={config_dir / 'tiny.py'}",
           f"--workdir={workdir}", *overrides, *extra]
 
   def limit_files():  # as a full disk: writing past the limit fails with EFBIG
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # (its default is to kill the process)
     resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
 
-  return subprocess.Popen(args, cwd=ROOT, env=env(shared, devices), stdout=subprocess.PIPE,
+  return subprocess.Popen(args, cwd=ROOT, env=env(devices), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True,
                           preexec_fn=limit_files if max_file_bytes else None)
 
@@ -85,8 +84,8 @@ def finish(proc, timeout=300):
   return proc.returncode, out + err
 
 
-def run(shared, workdir, *overrides):
-  return finish(start(shared, workdir, *overrides))
+def run(config_dir, workdir, *overrides):
+  return finish(start(config_dir, workdir, *overrides))
 
 
 def steps(workdir):
@@ -113,8 +112,8 @@ def losses(workdir):
 
 def tensorboard_losses(logdir):
   """{step: loss} of every event file in `logdir`; AssertionError on a step seen twice."""
-  from tensorboard.backend.event_processing import event_file_loader  # pylint: disable=g-import-not-at-top
-  from tensorboard.util import tensor_util  # pylint: disable=g-import-not-at-top
+  from tensorboard.backend.event_processing import event_file_loader
+  from tensorboard.util import tensor_util
   losses = {}
   for path in sorted(Path(logdir).glob("events.out.tfevents.*")):
     for event in event_file_loader.EventFileLoader(str(path)).Load():
@@ -165,9 +164,9 @@ def free_port():
     return s.getsockname()[1]
 
 
-def two_processes(shared, workdir, *overrides):
+def two_processes(config_dir, workdir, *overrides):
   """Two cooperating processes of the trainer, one simulated device each."""
   port = free_port()
-  return [start(shared, workdir, *overrides, devices=1,
+  return [start(config_dir, workdir, *overrides, devices=1,
                 extra=("--distributed", f"--coordinator_address=127.0.0.1:{port}",
                        "--num_processes=2", f"--process_id={i}")) for i in range(2)]

@@ -1,8 +1,9 @@
-"""`load_encoder(path)`: a trained model, ready to embed images, from a workdir or an export.
+"""A trained model, as the trainer's evaluations and users see it: `TrainedModel`, and
+`load_encoder(path)` that reads one from a workdir or an export.
 
-  encoder = load_encoder("/tmp/digits/supcon")  # the newest checkpoint (or step=N)
-  r = encoder.embed(images)  # float32 [N, feature_dim]
-  z = encoder.embed(images, projection=True)  # float32 [N, proj_dim], unit norm
+  model = load_encoder("/tmp/digits/supcon")  # the newest checkpoint (or step=N)
+  r = model.embed(images)  # float32 [N, feature_dim]
+  z = model.embed(images, projection=True)  # float32 [N, proj_dim], unit norm
 
 `path` is a training workdir of one method (its `config.json` and `checkpoints/`), or a
 directory written by `python -m supcon_jax.export` (`model_card.json` and `encoder.msgpack`).
@@ -10,11 +11,13 @@ Only the model's parameters and BatchNorm statistics are read (orbax's partial r
 optimiser state, no model initialisation, nothing written to the workdir), onto the first
 device JAX has; TensorFlow is never imported.
 
-`embed` applies the evaluation transform of training: images of another size are resized
+A model applies the evaluation transform of training: images of another size are resized
 to image_size x image_size as the tf.data pipelines do (bilinear with antialiasing; for
 `data.host_resize`, the shorter side to image_size / 0.875 and the central crop), then
 normalised with the dataset's mean and std. Images already image_size x image_size are
-taken as they are, as the evaluation batches of training reach the model.
+taken as they are, as the evaluation batches of training reach the model. One compiled
+program serves every model of one architecture and input (`_compiled_apply`): the
+trainer's evaluations, the monitor during training, `embed` and `load_encoder`'s models.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import functools
 import json
 import logging
 import os
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.serialization
 import jax
@@ -33,30 +37,37 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from supcon_jax import augment, checkpoint, evaluate, methods, models
+from supcon_jax import augment, checkpoint, fileio, methods, models, rngs, sharding
 from supcon_jax.data.base import EVAL_CROP
 
 # The files of an export directory (written by export.py).
 MODEL_CARD = "model_card.json"
 WEIGHTS = "encoder.msgpack"
-CONFIG = "config.json"  # what train_encoder writes into a training workdir
+CONFIG = "config.json"  # what the trainer writes into a training workdir
 CHECKPOINTS = "checkpoints"
+# The config fields that decide the model's program: architecture and input transform.
+_PROGRAM = ("method", "model", "data.num_classes", "data.image_size", "data.mean", "data.std",
+            "data.host_resize")
 
 
-class Encoder:
-  """A trained model of any method: `embed(images)` gives r, or z with `projection=True`."""
+class TrainedModel:
+  """A trained model of any method: the encoder (r) with its projection head (z) or its
+  classifier (logits), the config that built it, and where its variables were saved."""
 
   def __init__(self, config: ml_collections.ConfigDict, variables: Any,
                saved: checkpoint.CheckpointRef):
     self.config = config
+    self.variables = variables  # {"params": ..., "batch_stats": ...} of the whole model
+    self.checkpoint = saved  # the run's checkpoint directory and step, or the export's
     self.step = saved.step
-    # Where the variables came from: the run's checkpoint directory, or the export's.
-    self.checkpoint = saved
     self.method = methods.get(config.method)
     # The flax module: model.apply(variables, normalised images, train=False) -> outputs.
     self.model = self.method.build_model(config.model, config.data.num_classes)
-    self.variables = variables  # {"params": ..., "batch_stats": ...} of the whole model
-    self._forward = _compiled_forward(json.dumps(config.to_dict(), sort_keys=True))
+    self._apply = _compiled_apply(_program_key(config))
+
+  def on(self, mesh: jax.sharding.Mesh) -> TrainedModel:
+    """This model with its variables whole on every device of `mesh` (to take its batches)."""
+    return TrainedModel(self.config, sharding.replicate(self.variables, mesh), self.checkpoint)
 
   @property
   def image_size(self) -> int:
@@ -73,6 +84,24 @@ class Encoder:
     """Whether the model has a projection head (contrastive methods), so z exists."""
     return self.method.contrastive
 
+  def outputs(self, images: jax.Array, names: Sequence[str] = ("repr",)
+              ) -> dict[str, jax.Array]:
+    """The model's outputs `names` ("repr", "proj", "logits"), float32, on a batch of images
+    [B, image_size, image_size, C] (uint8, or float in [0, 1]), on the devices that hold the
+    images."""
+    return self._apply(self.variables, images, names=tuple(names))
+
+  def resize(self, images: Any) -> np.ndarray:
+    """Images [N, H, W, C] of any size as the model's input pipelines make them: C = 1
+    repeated to the model's channels, then resized to image_size x image_size (module
+    docstring; uint8 stays uint8, in whole levels). Images of that size pass unchanged."""
+    images = self._check_images(images)
+    images = np.broadcast_to(images, images.shape[:-1] + (self.channels,))
+    if images.shape[1:3] == (self.image_size,) * 2:
+      return images
+    return np.asarray(_compiled_resize(self.image_size, bool(self.config.data.host_resize))(
+        images))
+
   def embed(self, images: Any, *, batch_size: int = 256, projection: bool = False
             ) -> np.ndarray:
     """float32 r [N, feature_dim] (z [N, proj_dim] with `projection`) of images [N, H, W, C].
@@ -84,7 +113,7 @@ class Encoder:
     if projection and not self.has_projection:
       raise ValueError(f"method {self.method.name} has no projection head; "
                        "embed(projection=False) gives its representation r")
-    images = self._check_images(images)
+    images = self.resize(images)
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     output = "proj" if projection else "repr"
@@ -99,7 +128,7 @@ class Encoder:
       if len(chunk) < batch:
         chunk = np.concatenate([chunk, np.zeros((batch - len(chunk),) + chunk.shape[1:],
                                                 chunk.dtype)])
-      outs.append(self._forward(self.variables, chunk, output=output))
+      outs.append(self.outputs(chunk, (output,))[output])
     return np.concatenate([np.asarray(o) for o in outs])[:n]
 
   def output_dim(self, projection: bool = False) -> int:
@@ -124,34 +153,56 @@ class Encoder:
     return images
 
 
-@functools.lru_cache(maxsize=8)
-def _compiled_forward(config_json: str) -> Callable[..., jax.Array]:
-  """fn(variables, images, output=) of the model a config describes, compiled once for all
-  encoders of that config (several checkpoints of a run, an export and its workdir)."""
-  config = ml_collections.ConfigDict(json.loads(config_json))
+def _program_key(config: ml_collections.ConfigDict) -> str:
+  """The `_PROGRAM` fields of `config` as JSON: equal for models that compile alike."""
+  fields = {}
+  for name in _PROGRAM:
+    value = config
+    for part in name.split("."):
+      value = value[part]
+    fields[name] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+  return json.dumps(fields, sort_keys=True)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_apply(program: str) -> Callable[..., dict[str, jax.Array]]:
+  """fn(variables, images, names=) of the model `program` (`_program_key`) describes, in
+  inference mode; compiled once for every model of that program (the checkpoints of a run,
+  an export and its workdir, the monitor during training and the final evaluation)."""
+  fields = json.loads(program)
+  config = ml_collections.ConfigDict({"method": fields["method"], "model": fields["model"],
+                                      "data": {k.split(".")[1]: v for k, v in fields.items()
+                                               if k.startswith("data.")}})
   model = methods.get(config.method).build_model(config.model, config.data.num_classes)
 
-  def forward(variables: Any, images: jax.Array, *, output: str) -> jax.Array:
+  def apply(variables: Any, images: jax.Array, *, names: tuple[str, ...]
+            ) -> dict[str, jax.Array]:
     out = model.apply(variables, _model_input(config, images), train=False)
-    return out[output].astype(jnp.float32)
+    return {k: out[k].astype(jnp.float32) for k in names}
 
-  return jax.jit(forward, static_argnames=("output",))
+  return jax.jit(apply, static_argnames=("names",))
 
 
 def _model_input(config: ml_collections.ConfigDict, images: jax.Array) -> jax.Array:
-  """The evaluation transform of training, with the input pipelines' resizing first."""
+  """The evaluation transform of training: images of the model's size, normalised."""
   data = config.data
-  size = data.image_size
-  x = jnp.broadcast_to(images, images.shape[:-1] + (len(data.mean),))
-  # Images already image_size x image_size are taken as cropped (as evaluation batches are).
-  if x.shape[1:3] != (size, size):
-    x = resize_for_eval(x.astype(jnp.float32), size, bool(data.host_resize))
+  if images.dtype == jnp.uint8:
+    return augment.make_eval_transform(mean=data.mean, std=data.std)(images)
+  # Float images keep their precision: the same normalisation, without rounding.
+  return augment.normaliser(data.mean, data.std)(images)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_resize(size: int, host_resize: bool) -> Callable[[jax.Array], jax.Array]:
+  """The input pipelines' evaluation resize of a batch, compiled (once per input shape)."""
+
+  def resize(images: jax.Array) -> jax.Array:
+    x = resize_for_eval(images.astype(jnp.float32), size, host_resize)
     if images.dtype == jnp.uint8:  # the pipelines hand the model whole uint8 levels
       x = jnp.clip(jnp.round(x), 0, 255).astype(jnp.uint8)
-  if x.dtype == jnp.uint8:
-    return evaluate.eval_transform(config)(x)
-  # Float images keep their precision: the same normalisation, without rounding.
-  return augment.normaliser(data.mean, data.std)(x)
+    return x
+
+  return jax.jit(resize)
 
 
 def resize_for_eval(images: jax.Array, size: int, host_resize: bool) -> jax.Array:
@@ -171,19 +222,33 @@ def resize_for_eval(images: jax.Array, size: int, host_resize: bool) -> jax.Arra
   return images[:, top:top + size, left:left + size]
 
 
-def load_encoder(workdir: str, step: int | None = None) -> Encoder:
+def load_encoder(workdir: str, step: int | None = None) -> TrainedModel:
   """The model trained in `workdir` (its newest checkpoint, or `step`), or an export's.
 
   `workdir` may be local or on a remote file system (gs://).
   """
   workdir = os.fspath(workdir)
+  if _holds(workdir) == CONFIG:
+    return _from_workdir(workdir, step)
+  return _from_export(workdir, step)
+
+
+def saved_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config of the model `load_encoder(workdir)` loads, without loading it."""
+  workdir = os.fspath(workdir)
+  if _holds(workdir) == CONFIG:
+    return read_config(os.path.join(workdir, CONFIG))
+  return ml_collections.ConfigDict(_read_card(os.path.join(workdir, MODEL_CARD))["config"])
+
+
+def _holds(workdir: str) -> str:
+  """CONFIG for a training workdir, MODEL_CARD for an export; else an error saying why."""
   path = epath.Path(workdir)
   if not path.is_dir():
     raise FileNotFoundError(f"no such directory: {workdir}")
-  if (path / CONFIG).exists():
-    return _from_workdir(workdir, step)
-  if (path / MODEL_CARD).exists():
-    return _from_export(workdir, step)
+  for marker in (CONFIG, MODEL_CARD):
+    if (path / marker).exists():
+      return marker
   runs = sorted(p.name for p in path.iterdir() if (p / CONFIG).exists())
   if runs:
     raise ValueError(f"{workdir} holds the runs of several methods ({', '.join(runs)}); "
@@ -192,9 +257,16 @@ def load_encoder(workdir: str, step: int | None = None) -> Encoder:
                           f"started there?) nor an export directory (no {MODEL_CARD})")
 
 
+def _read_card(card_path: str) -> dict[str, Any]:
+  card = fileio.read_json(card_path)
+  if "config" not in card or "step" not in card:
+    raise ValueError(f"{card_path} is not a model card written by supcon_jax.export")
+  return card
+
+
 def read_config(path: str) -> ml_collections.ConfigDict:
   """The run's config from a JSON file (config.json), as a ConfigDict."""
-  return ml_collections.ConfigDict(json.loads(epath.Path(path).read_text()))
+  return ml_collections.ConfigDict(fileio.read_json(path))
 
 
 def abstract_variables(config: ml_collections.ConfigDict) -> Any:
@@ -205,13 +277,13 @@ def abstract_variables(config: ml_collections.ConfigDict) -> Any:
   model = methods.get(config.method).build_model(config.model, config.data.num_classes)
   size = config.data.image_size
   dummy = jax.ShapeDtypeStruct((1, size, size, len(config.data.mean)), jnp.float32)
-  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), dummy)
+  shapes = jax.eval_shape(lambda x: model.init(rngs.stream(0, "init"), x, train=False), dummy)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
                       {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})})
 
 
-def _from_workdir(workdir: str, step: int | None) -> Encoder:
+def _from_workdir(workdir: str, step: int | None) -> TrainedModel:
   config = read_config(os.path.join(workdir, CONFIG))
   # orbax wants an absolute path (gs:// ones already are)
   directory = os.path.join(workdir if "://" in workdir else os.path.abspath(workdir), CHECKPOINTS)
@@ -246,15 +318,12 @@ def _from_workdir(workdir: str, step: int | None) -> Encoder:
                        f"{os.path.join(workdir, CONFIG)}: {e}") from e
   finally:
     manager.close()
-  return Encoder(config, variables, checkpoint.CheckpointRef(directory, int(step)))
+  return TrainedModel(config, variables, checkpoint.CheckpointRef(directory, int(step)))
 
 
-def _from_export(directory: str, step: int | None) -> Encoder:
+def _from_export(directory: str, step: int | None) -> TrainedModel:
   card_path, weights_path = os.path.join(directory, MODEL_CARD), os.path.join(directory, WEIGHTS)
-  with open(card_path) as f:
-    card = json.load(f)
-  if "config" not in card or "step" not in card:
-    raise ValueError(f"{card_path} is not a model card written by supcon_jax.export")
+  card = _read_card(card_path)
   if step is not None and step != card["step"]:
     raise FileNotFoundError(f"{directory} holds the export of step {card['step']}, not {step}")
   if not os.path.exists(weights_path):
@@ -271,4 +340,5 @@ def _from_export(directory: str, step: int | None) -> Encoder:
   if found != expected:
     raise ValueError(f"{weights_path} does not hold the model that {card_path} describes")
   variables = jax.tree.map(lambda a, s: jax.device_put(a, s.sharding), saved, target)
-  return Encoder(config, variables, checkpoint.CheckpointRef(directory, int(card["step"])))
+  return TrainedModel(config, variables,
+                      checkpoint.CheckpointRef(directory, int(card["step"])))

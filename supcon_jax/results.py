@@ -1,0 +1,139 @@
+"""A run's `results.json`: what each stage measured, kept as stages come and go, and its tables.
+
+Results only grow: every stage merges its figures into the workdir's results.json
+(`merge`), so a re-run, a later stage (robustness) or a later linear evaluation never drops a
+figure an earlier stage measured; a figure is only replaced by a new measurement of itself.
+Who writes what:
+
+  training (stage all / pretrain, when it trains steps): epochs, train_time_s,
+      images_per_sec, encoder_steps; wall_time_s (of the whole process) when it trained any
+      step, its linear stage's included
+  evaluation (all, linear): linear_top1/5 (contrastive methods, or any stage linear) or
+      classifier_top1/5 (ce's own classifier), knn_top1, encoder_steps; a stage linear that
+      trained its classifier also linear_time_s; a transfer also encoder_workdir
+  robustness (robustness.enabled, stage robustness): the `robustness` block
+  every stage: method; stage (the stage that produced the headline, never "robustness")
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from etils import epath
+
+from supcon_jax import fileio, methods
+
+FILE = "results.json"
+_MISSING = "–"  # a figure the run does not have (a stage that trained nothing, ...)
+
+
+def exists(workdir: str) -> bool:
+  """Whether `workdir` has a results.json."""
+  return (epath.Path(workdir) / FILE).exists()
+
+
+def load(workdir: str) -> dict[str, Any]:
+  """The results.json of `workdir`, older keys renamed (`upgrade`)."""
+  return upgrade(fileio.read_json(str(epath.Path(workdir) / FILE)))
+
+
+def merge(workdir: str, figures: dict[str, Any]) -> dict[str, Any]:
+  """Writes results.json with `figures` added to what it holds; returns the whole."""
+  merged = {**(load(workdir) if exists(workdir) else {}), **figures}
+  write(workdir, merged)
+  return merged
+
+
+def write(workdir: str, whole: dict[str, Any]) -> None:
+  """Writes `whole` as the results.json of `workdir` (atomically): it must hold every figure
+  the file held (`merge` makes such a whole)."""
+  fileio.write_json(str(epath.Path(workdir) / FILE), whole)
+
+
+def upgrade(results: dict[str, Any]) -> dict[str, Any]:
+  """A results.json written before the evaluations were named, with today's keys.
+
+  `linear_eval_top1/5` held what stage "all" evaluated: the linear classifier, or the model's
+  own classifier for methods that have one.
+  """
+  if "linear_eval_top1" not in results:
+    return results
+  out = dict(results)
+  evaluation = methods.get(out["method"]).evaluation if "method" in out else methods.LINEAR
+  for k in ("top1", "top5"):
+    out[f"{evaluation}_{k}"] = out.pop(f"linear_eval_{k}")
+  return out
+
+
+def headline(results: dict[str, Any]) -> tuple[str, float, float]:
+  """(evaluation, top-1, top-5) of a run: its linear evaluation, else its own classifier."""
+  for evaluation in ("linear", "classifier"):
+    if f"{evaluation}_top1" in results:
+      return evaluation, results[f"{evaluation}_top1"], results[f"{evaluation}_top5"]
+  nan = float("nan")  # a stage=pretrain run has no accuracy
+  return "none", nan, nan
+
+
+def severity_means(block: dict[str, Any]) -> list[float]:
+  """Top-1 at each severity of a `robustness` block, averaged over the corruptions."""
+  return [float(np.mean([row[str(s)] for row in block["top1"].values()]))
+          for s in block["severities"]]
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  """A Markdown table: one header row, then a row of cells (already formatted) per row."""
+  lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] * len(header)) + " |"]
+  lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def _cell(value: Any, spec: str) -> str:
+  """`value` formatted, or "–" where the run has no such figure (missing, NaN)."""
+  if value is None or (isinstance(value, float) and math.isnan(value)):
+    return _MISSING
+  return format(value, spec)
+
+
+def results_table(results: dict[str, dict[str, Any]]) -> str:
+  """A Markdown table of each method's results.json values ("–" where a run has none); the
+  wall time is the training run's, or a linear-only run's (a transfer)."""
+  rows = []
+  for name, r in results.items():
+    r = upgrade(r)
+    evaluation, top1, top5 = headline(r)
+    rows.append([name, evaluation, _cell(top1, ".2f"), _cell(top5, ".2f"),
+                 _cell(r.get("knn_top1"), ".2f"),
+                 _cell(r.get("wall_time_s", r.get("linear_time_s")), ".0f"),
+                 _cell(r.get("epochs"), "g"), _cell(r.get("images_per_sec"), ",.0f")])
+  return markdown_table(["method", "evaluation", "top-1", "top-5", "kNN top-1",
+                         "wall time (s)", "epochs", "images/s"], rows)
+
+
+def robustness_table(results: dict[str, dict[str, Any]]) -> str:
+  """A Markdown table of the runs' corruption robustness (results.json's `robustness`): clean
+  top-1, top-1 under corruption averaged over the corruptions at each severity and over all,
+  and mCE / relative mCE where the run has a baseline."""
+  scored = {name: r["robustness"] for name, r in results.items() if "robustness" in r}
+  severities = sorted({s for r in scored.values() for s in r["severities"]})
+  rows = []
+  for name, r in scored.items():
+    means = dict(zip(r["severities"], severity_means(r)))
+    rows.append([name, _cell(r["clean_top1"], ".2f"),
+                 *(_cell(means.get(s), ".2f") for s in severities),
+                 _cell(r["mean_top1"], ".2f"), _cell(r.get("mce"), ".1f"),
+                 _cell(r.get("relative_mce"), ".1f"), r.get("baseline", _MISSING)])
+  return markdown_table(["method", "clean top-1", *(f"severity {s}" for s in severities),
+                         "corrupted top-1", "mCE", "relative mCE", "baseline"], rows)
+
+
+def run_tables(results: dict[str, dict[str, Any]]) -> str:
+  """What a finished experiment reports: the results table, and the robustness table when
+  any run was scored under corruption."""
+  tables = [results_table(results)]
+  if any("robustness" in r for r in results.values()):
+    tables.append("Under corruption (top-1 in %; mCE and relative mCE against the baseline, "
+                  "in %, lower is better):\n\n" + robustness_table(results))
+  return "\n\n".join(tables)
