@@ -92,7 +92,7 @@ class Checkpointer:
                               meta=ocp.args.JsonSave(self.meta))
     try:  # also where the previous asynchronous save's failure surfaces
       self._manager.save(step, args=args, force=True)
-    except Exception as e:
+    except Exception as e:  # full disk, quota, permissions: orbax re-raises them all alike
       raise self._save_error(self._saving or step, e) from e
     self._saving = step
 

@@ -84,7 +84,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with a bad flag, config file or `--config.` override in one line."""
   try:
     return FLAGS(argv)
-  except Exception as e:
+  except Exception as e:  # a config file's code can raise anything
     in_file = console.config_file_error(e)
     if in_file:
       _fail(in_file)
@@ -109,6 +109,7 @@ def _fail(message: str, code: int = 1) -> None:
   """
   sys.stdout.flush()
   std_logging.disable(std_logging.CRITICAL)
+  # Never closed: the process ends below, and late writers must find an open file.
   stderr, sys.stderr = sys.stderr, open(os.devnull, "w", encoding="utf-8")
   stderr.flush()
   # One write (atomic on a pipe), on a line of its own whatever was printed before it.

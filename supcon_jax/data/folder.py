@@ -6,6 +6,10 @@ Hidden files and folders (".name") are ignored, as are plain files in the root i
 any other file is an error. With data.eval_dir "" and data.val_per_class > 0, the
 evaluation split is val_per_class images per class of train_dir, chosen by
 `split_files(list_images(train_dir), val_per_class, split_seed)`; the rest train.
+
+Every file is opened before the first step: decoded whole when held in memory, its header
+read (and its EXIF orientation with it) when streamed through tf.data, so an empty or
+non-image file stops the run before any training (`read_headers`).
 """
 
 from __future__ import annotations
