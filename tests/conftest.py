@@ -31,10 +31,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory) -> tuple[pathlib.Path, dict]:
-  """One tiny run of every method, trained once for the whole test session and shared by
-  the files that only read it (experiment outputs, load_encoder, robustness, transfer):
-  digits at 8x8, 4 steps with checkpoints at 2 and 4, stage all, scored on two corruptions
-  at two severities. (workdir, results)."""
+  """Tiny runs of supcon and ce (helpers.tiny_runs_config), trained once for the whole test
+  session and shared by the files that only read them (experiment outputs, load_encoder,
+  robustness, transfer). (workdir, results)."""
   from supcon_jax import experiment  # after the environment above: it imports JAX
 
   def build(root):

@@ -32,9 +32,10 @@ def tiny_config(method: str):
   return c
 
 
-def tiny_runs_config(method: str = "supcon,simclr,ce"):
+def tiny_runs_config(method: str = "supcon,ce"):
   """conftest's tiny runs: 4 steps with checkpoints at 2 and 4, stage all, scored on two
-  corruptions at two severities."""
+  corruptions at two severities. A contrastive method and the one with its own classifier:
+  SimCLR differs from SupCon only in its loss's labels (test_config, test_momentum)."""
   c = tiny_config(method)
   c.epochs = 4 / 22
   c.robustness.update(enabled=True, corruptions=("gaussian_noise", "contrast"),

@@ -142,7 +142,7 @@ def test_errors_name_the_problem(tiny_root, tmp_path):
     trained.load_encoder(missing)
   with pytest.raises(FileNotFoundError, match=f"{tmp_path} is neither a training workdir"):
     trained.load_encoder(str(tmp_path))
-  with pytest.raises(ValueError, match="several methods \\(ce, simclr, supcon\\)"):
+  with pytest.raises(ValueError, match="several methods \\(ce, supcon\\)"):
     trained.load_encoder(tiny_root)
   workdir = os.path.join(tiny_root, "supcon")
   with pytest.raises(FileNotFoundError, match=r"no checkpoint 3 in .*checkpoints; it has \[2, 4\]"):

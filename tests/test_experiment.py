@@ -29,9 +29,9 @@ def _tensorboard_scalars(logdir):
 
 
 def test_all_methods_write_outputs(tiny_runs, tmp_path):
-  root, results = tiny_runs  # conftest: supcon, simclr and ce, 4 steps, stage all
+  root, results = tiny_runs  # conftest: supcon and ce, 4 steps, stage all
   workdir = str(root)
-  assert set(results) == {"supcon", "simclr", "ce"}
+  assert set(results) == {"supcon", "ce"}
   for method in results:
     sub = os.path.join(workdir, method)
     with open(os.path.join(sub, "results.json")) as f:
@@ -55,7 +55,7 @@ def test_all_methods_write_outputs(tiny_runs, tmp_path):
     with open(os.path.join(sub, "config.json")) as f:
       assert json.load(f)["method"] == method
   with open(os.path.join(workdir, "results.json")) as f:
-    assert set(json.load(f)) == {"supcon", "simclr", "ce"}
+    assert set(json.load(f)) == {"supcon", "ce"}
 
   # A separate linear evaluation of a chosen pre-training checkpoint, in another workdir.
   linear = tiny_config("supcon")
@@ -181,3 +181,13 @@ def test_a_transfer_evaluates_the_method_of_its_encoder_once(tiny_runs, tmp_path
   for key in ("epochs", "train_time_s", "images_per_sec", "wall_time_s"):  # no encoder trained
     assert key not in saved
   assert saved["linear_time_s"] > 0
+
+
+@pytest.mark.parametrize("stage,field", [("all", "linear.batch_size"), ("pretrain", "batch_size"),
+                                         ("all", "knn.k")])
+def test_a_batch_or_k_beyond_the_training_split_stops_before_any_work(tmp_path, stage, field):
+  config = tiny_config("supcon")
+  config.update_from_flattened_dict({"stage": stage, field: 1440, "knn.num_train": 5000})
+  with pytest.raises(ValueError, match=f"config.{field}=1440 is more than the 1437 training"):
+    experiment.train_and_evaluate(config, str(tmp_path))
+  assert not (tmp_path / "checkpoints").exists()

@@ -21,9 +21,8 @@ def _run(start: str) -> tuple[str, str]:
 
 
 def test_tensorflow_starts_without_onednn_and_prints_nothing():
+  # A plain `import tensorflow` on an x86 CPU has the rewrites on and says so on stderr
+  # ("oneDNN custom operations are on"), which fails both assertions below.
   out, err = _run("from supcon_jax import tf_setup\ntf = tf_setup.tensorflow()")
   assert "oneDNN False" in out and "GPUs 0" in out
   assert "oneDNN" not in err and err.strip() == "", err  # its loading notices went to the log
-  # What a plain import does here: the rewrites are on, and it says so on stderr.
-  out, err = _run("import tensorflow as tf")
-  assert "oneDNN True" in out and "oneDNN custom operations are on" in err
