@@ -83,7 +83,8 @@ def _read_batches(paths: Sequence[str], model: TrainedModel, batch_size: int
   """(files read so far, images [B, size, size, C] as `model.resize` makes them) batches;
   the next batch is decoded (threads) while the caller embeds this one."""
   with concurrent.futures.ThreadPoolExecutor(min(32, 4 * (os.cpu_count() or 1))) as pool:
-    submit = lambda start: [pool.submit(_decode, p) for p in paths[start:start + batch_size]]
+    submit = lambda start: [pool.submit(folder.decode_or_error, p)
+                            for p in paths[start:start + batch_size]]
     pending = submit(0)
     for start in range(0, len(paths), batch_size):
       current, pending = pending, submit(start + batch_size)
@@ -92,16 +93,9 @@ def _read_batches(paths: Sequence[str], model: TrainedModel, batch_size: int
         result = future.result()
         if isinstance(result, Exception):
           raise ValueError(f"cannot read image {path}: {result}")
-        images.append(model.resize(result[None])[0])  # images differ in size: one at a time
+        # Images differ in size: one at a time.
+        images.append(model.resize(np.asarray(result, np.uint8)[None])[0])
       yield start + len(images), np.stack(images)
-
-
-def _decode(path: str) -> np.ndarray | Exception:
-  """uint8 [H, W, 3] of the file, or the exception that reading it raised."""
-  try:
-    return np.asarray(folder.decode(path), np.uint8)
-  except Exception as err:  # noqa: BLE001  PIL reports corrupt data many ways
-    return err
 
 
 def _progress(done: int, total: int, width: int = 30) -> None:

@@ -191,12 +191,20 @@ def decode(path: str) -> Image.Image:
     return image.convert("RGB")  # decodes fully, so truncated files fail here
 
 
-def _read(path: str, size: int, host_resize: bool) -> np.ndarray | Exception:
-  """uint8 [size, size, 3], or the exception that reading it raised."""
+def decode_or_error(path: str) -> Image.Image | Exception:
+  """`decode(path)`, or the exception that reading it raised (for reading files in threads
+  and reporting each bad one afterwards)."""
   try:
-    image = decode(path)
+    return decode(path)
   except Exception as err:  # noqa: BLE001  PIL reports corrupt data many ways
     return err
+
+
+def _read(path: str, size: int, host_resize: bool) -> np.ndarray | Exception:
+  """uint8 [size, size, 3], or the exception that reading it raised."""
+  image = decode_or_error(path)
+  if isinstance(image, Exception):
+    return image
   if host_resize:  # the evaluation transform: shorter side to size / 0.875, central crop
     scale = round(size / EVAL_CROP) / min(image.size)
     w, h = round(image.width * scale), round(image.height * scale)
