@@ -502,6 +502,63 @@ def test_randaugment_applies_one_op_at_the_configured_magnitude():
   err = np.abs(outs[:, None] - refs[None]).max(axis=(2, 3, 4))  # [draw, reference]
   assert (err.min(axis=1) < 1e-4).all(), err.min(axis=1)
   assert len(set(err.argmin(axis=1))) > 10  # draws pick many different ops
+  # TF draws a random sign for the geometric ops: both directions must occur.
+  picked = [(P.RANDAUGMENT_OPS[i // 2].name, (1.0, -1.0)[i % 2]) for i in err.argmin(axis=1)]
+  assert {sign for name, sign in picked if name in GEOMETRIC} == {1.0, -1.0}, picked
+
+
+GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")
+
+
+def _policy_draws(monkeypatch, policy, n=8000):
+  """What `policy(key, image)` asks `apply_op` for, over n keys: (the op list, an array
+  [n, ops applied, 3] of (op index, level, sign)). apply_op is replaced by a recorder."""
+  calls = []
+
+  def record(ops, index, img, level, sign):
+    calls.append(ops)
+    drawn = jnp.stack([jnp.asarray(v, jnp.float32) for v in (index, level, sign)])
+    return img.at[len(calls) - 1, 0].set(drawn)
+
+  monkeypatch.setattr(P, "apply_op", record)
+  keys = jax.random.split(_key(30), n)
+  out = jax.jit(jax.vmap(lambda k: policy(k, jnp.zeros((2, 1, 3)))))(keys)
+  return calls[0], np.asarray(out[:, :len(calls), 0])
+
+
+def test_randaugment_draws_ops_uniformly_and_signs_both_ways(monkeypatch):
+  ops, drawn = _policy_draws(monkeypatch, lambda k, x: P.randaugment(k, x, 2, 9.0))
+  index, level, sign = drawn.reshape(-1, 3).T
+  assert len(ops) == 16 and (level == np.float32(0.9)).all()
+  for i in range(16):
+    assert _binomial_ok((index == i).sum(), 1 / 16, n=len(index)), (ops[i].name, (index == i).sum())
+  assert set(sign) == {1.0, -1.0}
+  assert _binomial_ok((sign < 0).sum(), 0.5, n=len(sign))
+
+
+def test_autoaugment_fires_each_op_with_its_probability_and_signs_both_ways(monkeypatch):
+  # A sub-policy is drawn uniformly; its op j fires with its probability p (Identity, index
+  # 0, otherwise) at its level, with a random sign. So each (position, op, level) has
+  # probability sum(p) / 25 over the sub-policies that hold it, and (position, Identity,
+  # level) sum(1 - p) / 25.
+  ops, drawn = _policy_draws(monkeypatch, P.autoaugment)
+  names = [op.name for op in ops]
+  n, subs = len(drawn), TF_POLICY_V0
+  for j in range(2):
+    want = {}
+    for sub in subs:
+      name, p, level = sub[j]
+      want[name, level] = want.get((name, level), 0.0) + p / len(subs)
+      want["Identity", level] = want.get(("Identity", level), 0.0) + (1 - p) / len(subs)
+    got = {}
+    for index, level, _ in drawn[:, j]:
+      cell = (names[int(index)], int(round(level * 10)))
+      got[cell] = got.get(cell, 0) + 1
+    assert set(got) <= set(want), set(got) - set(want)
+    for cell, p in want.items():
+      assert _binomial_ok(got.get(cell, 0), p, n=n), (j, cell, got.get(cell, 0) / n, p)
+  sign = drawn[:, :, 2].ravel()
+  assert _binomial_ok((sign < 0).sum(), 0.5, n=len(sign))
 
 
 def test_tf_policy_v0_source_is_the_published_table():

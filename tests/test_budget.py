@@ -1,8 +1,10 @@
 """The wall-time budget: epochs cut to what fits, decided once per workdir."""
 
+import itertools
 import json
 import time
 
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -35,6 +37,10 @@ def test_plan_is_decided_once_and_read_back(tmp_path):
 
   assert budget.plan_epochs(config, str(tmp_path), started=started - 1e6, probe=no_probe,
                             steps_per_epoch=20) == epochs
+  # Steps twice as slow: half the epochs.
+  slower = budget.plan_epochs(config, str(tmp_path / "slower"), started=started,
+                              probe=lambda: (10.0, 0.1), steps_per_epoch=20)
+  assert slower in (34.0, 35.0)
 
 
 class _FakeClock:
@@ -58,6 +64,16 @@ class _FakeClock:
     return make
 
 
+def test_the_probe_times_the_steps_after_its_warm_up(monkeypatch):
+  clock = _FakeClock(step_s=0.3)
+  monkeypatch.setattr(budget, "time", clock)
+  step = clock.slowed(lambda: lambda state, batch, rng: (state, jnp.zeros(())))()
+  compile_s, step_s = budget.measure_step_seconds(step, {"w": jnp.ones(2)},
+                                                  itertools.repeat({}), None)
+  assert compile_s == pytest.approx(20.0 + 3 * 0.3)  # the first of 3 warm-up steps compiles
+  assert step_s == pytest.approx(0.3)
+
+
 def test_budget_path_end_to_end_with_a_fake_clock(tmp_path, monkeypatch):
   from supcon_jax import experiment, train
   from tests.helpers import tiny_config
@@ -68,7 +84,8 @@ def test_budget_path_end_to_end_with_a_fake_clock(tmp_path, monkeypatch):
   config = tiny_config("supcon")
   config.stage = "pretrain"
   config.batch_size = 256  # 1,437 training digits: 5 steps of 10 s per epoch
-  config.epochs = 1000.0  # a ceiling: the budget decides
+  # A ceiling the budget cuts; low, so that a run that ignores the budget fails quickly.
+  config.epochs = 8.0
   config.model.width = 0.0625
   config.augment.policy = "cropflip"
   config.time_budget_s, config.time_reserve_s = 140.0, 20.0
@@ -83,7 +100,7 @@ def test_budget_path_end_to_end_with_a_fake_clock(tmp_path, monkeypatch):
   assert plan["seconds_left_for_pretraining"] == pytest.approx(48.0)
   assert plan["epochs"] == results["epochs"] == 4.0  # floor(48 / 10 s per epoch)
   assert results["encoder_steps"] == 20
-  # The schedule is the run's, not the configured 1,000 epochs': the 10-epoch warm-up is
+  # The schedule is the run's, not the configured 8 epochs': the 10-epoch warm-up is
   # capped at 20% of the 20 steps, the rate peaks in the first half and ends near zero.
   lrs = [row["lr"] for row in map(json.loads, (tmp_path / "metrics.jsonl").open())]
   assert len(lrs) == 20 and int(np.argmax(lrs)) < 10 and lrs[-1] < 0.02 * max(lrs)

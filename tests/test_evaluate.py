@@ -19,6 +19,76 @@ def test_knn_votes_by_cosine_similarity():
   assert acc == 75.0
 
 
+def _ref_knn(bank, bank_y, query, query_y, *, k, temperature, num_classes):
+  """Wu et al.'s weighted kNN from its definition, in float64: the k most cosine-similar
+  bank rows vote for their class with weight exp(similarity / temperature)."""
+  unit = lambda x: np.asarray(x, np.float64) / np.linalg.norm(x, axis=1, keepdims=True)
+  sim = unit(query) @ unit(bank).T
+  preds = []
+  for s in sim:
+    votes = np.zeros(num_classes)
+    for j in np.argsort(-s)[:k]:
+      votes[bank_y[j]] += np.exp(s[j] / temperature)
+    preds.append(np.argmax(votes))
+  return 100.0 * np.mean(np.array(preds) == query_y)
+
+
+def _clusters(n, seed, spread=2.0):
+  r = np.random.default_rng(seed)
+  labels = r.integers(0, 3, n)
+  centres = np.random.default_rng(99).normal(size=(3, 8))
+  return (centres[labels] + spread * r.normal(size=(n, 8))).astype(np.float32), labels
+
+
+def test_knn_takes_the_k_nearest_and_weighs_them_by_temperature():
+  bank, bank_y = _clusters(80, 0)
+  query, query_y = _clusters(60, 1)
+  settings = [(1, 0.1), (9, 0.1), (9, 5.0), (80, 5.0)]
+  want = [_ref_knn(bank, bank_y, query, query_y, k=k, temperature=t, num_classes=3)
+          for k, t in settings]
+  assert len(set(want)) == len(want), want  # each setting changes the answer on these data
+  got = [evaluate.knn_top1(bank, bank_y, query, query_y, k=k, temperature=t, num_classes=3)
+         for k, t in settings]
+  np.testing.assert_allclose(got, want)
+
+
+class _FeatureModel:
+  """A stand-in model whose "images" are its r; its z is noise unrelated to the classes."""
+
+  def outputs(self, images, names):
+    noise = np.random.default_rng(int(images[0, 0] * 1e6) % 2**32).normal(size=images.shape)
+    return {name: {"repr": images, "proj": noise}[name] for name in names}
+
+
+class _FeatureSource:
+  def __init__(self, feats, labels):
+    self.feats, self.labels = feats, labels
+
+  def eval_batches(self, batch_size=None, max_examples=None):
+    n = len(self.feats) if max_examples is None else max_examples
+    for i in range(0, n, 20):
+      yield {"image": self.feats[i:i + 20], "label": self.labels[i:i + 20],
+             "mask": np.ones(len(self.feats[i:i + 20]), np.float32)}
+
+
+def test_knn_accuracy_is_on_r_with_the_configured_sample_k_and_temperature():
+  config = config_lib.base_config()
+  config.data.num_classes = 3
+  config.knn.update(num_train=60, k=15, temperature=1.0)
+  bank, bank_y = _clusters(80, 0, spread=0.8)
+  query, query_y = _clusters(60, 1, spread=0.8)
+  model = _FeatureModel()
+  eval_out = {**model.outputs(query, ("repr", "proj")), "label": query_y}
+  got = evaluate.knn_accuracy(config, model, _FeatureSource(bank, bank_y), eval_out)
+  ref = lambda n, k, t: _ref_knn(bank[:n], bank_y[:n], query, query_y, k=k, temperature=t,
+                                 num_classes=3)
+  want = ref(60, 15, 1.0)
+  assert want > 60.0  # r separates the classes (chance: 33%); z does not
+  # The default k (20) or temperature (0.1), or the whole bank, would each answer otherwise.
+  assert want not in (ref(60, 20, 1.0), ref(60, 15, 0.1), ref(80, 15, 1.0))
+  assert got == pytest.approx(want)
+
+
 def test_top_k_and_classifier_evaluation():
   logits = np.array([[0.1, 0.5, 0.2, 0.0, 0.3, 0.9], [2.0, 1.0, 0.0, -1.0, -2.0, -3.0]])
   acc = evaluate.top_k(logits, np.array([1, 0]))

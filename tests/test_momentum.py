@@ -94,6 +94,30 @@ def test_the_key_model_follows_the_trained_one_and_the_queue_fills():
   assert int(second["queue_next"]) == 0 and (second["queue_labels"] >= 0).all()
 
 
+def test_the_queue_gets_the_key_model_embeddings_not_the_trained_ones():
+  # A key model far from the trained one (another initialisation): the keys queued after a
+  # step are its embeddings of the views, with the parameters it has after following.
+  config = _config()
+  config.augment.policy = "none"  # each view is the image itself: the input is known
+  images, labels = _data()
+  mesh = sharding.make_mesh(1)
+  method = methods.get("supcon")
+  model = method.build_model(config.model, 4)
+  params, stats = train.init_model(model, 0, images.shape[1:], mesh)
+  key_params, key_stats = train.init_model(model, 1, images.shape[1:], mesh)
+  queued = momentum.initial_state(config, key_params, key_stats)
+  batch = sharding.to_global({"image": images, "label": labels}, mesh)
+  _, (_, queued) = jax.jit(method.loss_fn(config, model, mesh))(
+      params, (stats, queued), batch, jax.random.key(0))
+  views = np.repeat((images / 255.0 - config.data.mean) / config.data.std, 2, axis=0)
+  embed = lambda p, s: model.apply({"params": p, "batch_stats": s}, views.astype(np.float32),
+                                   train=True, mutable=["batch_stats"])[0]["proj"]
+  followed = jax.tree.map(lambda k, q: 0.9 * k + 0.1 * q, key_params, params)
+  want = embed(followed, key_stats)
+  assert np.abs(want - embed(params, stats)).max() > 0.1  # the two models are told apart
+  np.testing.assert_allclose(queued["queue"][:16], want, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("method", ["supcon", "simclr"])
 def test_eight_devices_match_one_with_the_queue(method):
   images, labels = _data()

@@ -5,6 +5,7 @@ The runs are real processes of the trainer (tests/cli_runs.py); tests/test_relia
 has the faults that need two processes or a full disk.
 """
 
+import itertools
 import json
 import os
 import re
@@ -14,11 +15,13 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from PIL import Image
 
-from supcon_jax import checkpoint, data, experiment, sharding, train
+from supcon_jax import checkpoint, data, experiment, metrics, sharding, train
 from supcon_jax import config as config_lib
 from tests import cli_runs
 from tests.cli_runs import STEPS
@@ -127,6 +130,34 @@ def test_a_second_ctrl_c_interrupts_at_once():
     signal.signal(signal.SIGINT, previous)
 
 
+def test_sigterm_saves_a_checkpoint_where_none_is_due(tmp_path):
+  # Checkpoints every 1,000 steps, a SIGTERM while the third batch is read: the step runs,
+  # then its state is saved and the loop stops, though no periodic save is due.
+  mesh = sharding.make_mesh()
+  tx = optax.sgd(0.1)
+  step = train.make_step(lambda p, bs, batch, rng: (jnp.sum(p["w"] * batch["x"]), bs), tx, mesh)
+  batch = sharding.to_global({"x": np.ones((8, 2), np.float32)}, mesh)
+
+  def batches(start):
+    for i in itertools.count(start):
+      if i == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
+
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), every_steps=1000, keep=2,
+                                 meta={})
+  loop = train.LoopSettings(name="t", num_steps=100, steps_per_epoch=100, images_per_step=8,
+                            ckpt=ckpt, writer=metrics.Writer(str(tmp_path), tensorboard=False),
+                            log_every=1000, skip_nonfinite=False)
+  previous = signal.getsignal(signal.SIGTERM)
+  with loop.writer, pytest.raises(train.Preempted, match="preempted at step 3"):
+    train.fit(loop, train.create_state({"w": jnp.ones((2,))}, {}, tx, mesh), step, batches,
+              jax.random.key(0))
+  assert ckpt.steps() == [3]
+  assert signal.getsignal(signal.SIGTERM) is previous  # the handler is put back
+  ckpt.close()
+
+
 def _wait_for_row(proc, workdir, step):
   """Polls until metrics.jsonl has the row of `step`."""
   deadline = time.time() + 240
@@ -139,6 +170,30 @@ def _wait_for_row(proc, workdir, step):
     assert proc.poll() is None, cli_runs.finish(proc)[1]
     time.sleep(0.05)
   raise AssertionError(f"no row {step} in time")
+
+
+def test_a_resume_that_changes_the_run_names_every_field_it_changes(tmp_path):
+  mesh = sharding.make_mesh()
+  state = train.create_state({"w": jnp.ones((2,))}, {}, optax.sgd(0.1), mesh)
+  config = config_lib.base_config()
+  identity = lambda c: {"identity": config_lib.identity(c)}
+  saver = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), every_steps=1, keep=1,
+                                  meta=identity(config))
+  saver.save(1, state)
+  saver.close()
+  config.method = "simclr"  # alone: the states have the same shapes
+  changed = [("method=supcon; this run asks for method=simclr", config)]
+  both = config_lib.base_config()
+  both.method, both.loss.temperature = "simclr", 0.5
+  changed.append(("loss.temperature=0.1, method=supcon; this run asks for "
+                  "loss.temperature=0.5, method=simclr", both))
+  for message, c in changed:
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), every_steps=1, keep=1,
+                                   meta=identity(c))
+    with pytest.raises(checkpoint.CheckpointError, match=re.escape(
+        f"workdir {tmp_path} was trained with {message} (use a new workdir)")):
+      train.resume(state, ckpt)
+    ckpt.close()
 
 
 def test_no_readable_checkpoint_is_an_error_naming_the_directory(tmp_path):
@@ -232,6 +287,8 @@ def test_bad_folders_name_the_culprit(tmp_path):
     ("loss.temperature", 0.0, "config.loss.temperature=0.0"),
     ("augment.n_views", 0, "config.augment.n_views=0"),
     ("data.image_size", 16, "config.data.image_size=16 is too small for the imagenet stem"),
+    ("profile_steps", "5", "config.profile_steps='5': expected 'A,B'"),
+    ("profile_steps", "5,2", "config.profile_steps='5,2': expected 'A,B'"),
 ])
 def test_bad_config_values_name_the_field(field, value, message):
   c = config_lib.base_config()
@@ -291,9 +348,6 @@ def test_cli_user_errors_are_one_line_and_leave_checkpoints_untouched(config_dir
       (("--config.model.width=0.25",), work, (
           f"workdir {work} was trained with model.width=0.125; this run asks for "
           "model.width=0.25 (use a new workdir)",)),
-      (("--config.method=simclr", "--config.loss.temperature=0.5"), work, (
-          f"workdir {work} was trained with loss.temperature=0.1, method=supcon; this run asks "
-          "for loss.temperature=0.5, method=simclr (use a new workdir)",)),
       ((), blocker / "run", (blocker / "run",)),
       (("--config.data.source=folder", f"--config.data.train_dir={folder}",
         "--config.data.val_per_class=1", "--config.data.num_classes=2",

@@ -3,9 +3,12 @@
 The tolerances follow the rounding model of tests/rounding.py.
 """
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from supcon_jax import config as config_lib
@@ -106,3 +109,79 @@ def test_nonfinite_step_is_dropped_and_counted():
   assert int(state.nonfinite_steps) == 1 and int(state.first_nonfinite) == 1
   assert int(state.step) == 2
   assert float(m.compute()["nonfinite"]) == 1.0
+
+
+def test_each_step_draws_its_own_key_from_the_stream_and_the_step():
+  # The key is a function of (stream, step) alone: every step augments differently, and a
+  # state resumed at step k draws what the uninterrupted run drew there.
+  mesh = sharding.make_mesh(8)
+  tx = optax.sgd(0.1)
+
+  def loss_fn(p, bs, batch, rng):
+    return jnp.sum(p["w"] * batch["x"]) + jax.random.uniform(rng), bs
+
+  step = train.make_step(loss_fn, tx, mesh, donate=False)
+  batch = sharding.to_global({"x": np.zeros((8, 3), np.float32)}, mesh)
+  stream = jax.random.key(0)
+
+  def losses(state, n):
+    out = []
+    for _ in range(n):
+      state, m = step(state, batch, stream)
+      out.append(float(m.compute()["loss"]))
+    return out
+
+  fresh = train.create_state({"w": jnp.ones((3,))}, {}, tx, mesh)
+  run = losses(fresh, 3)
+  assert len(set(run)) == 3, run
+  assert losses(fresh.replace(step=jnp.asarray(2, jnp.int32)), 1) == run[2:]
+
+
+class _Clock:
+  """time.time() that moves only when told: `batch_s` per batch handed over, `step_s` per step."""
+
+  def __init__(self, batch_s, step_s):
+    self.now, self.batch_s, self.step_s = 1000.0, batch_s, step_s
+
+  def time(self):
+    return self.now
+
+
+@pytest.mark.parametrize("batch_s,warned", [(1.0, True), (0.1, False)])
+def test_the_time_spent_waiting_for_batches_is_measured_and_warned_of(
+    tmp_path, monkeypatch, caplog, batch_s, warned):
+  # Batches take batch_s to arrive and steps 3 s: the loop waits batch_s / (batch_s + 3) of
+  # its time, in every logged row and over the run; an epoch above 10% gets one warning.
+  from supcon_jax import checkpoint, metrics
+  clock = _Clock(batch_s, step_s=3.0)
+  monkeypatch.setattr(train, "time", clock)
+  mesh = sharding.make_mesh(8)
+  tx = optax.sgd(0.1)
+  step = train.make_step(lambda p, bs, batch, rng: (jnp.sum(p["w"] * batch["x"]), bs), tx, mesh)
+
+  def timed_step(*args):
+    clock.now += clock.step_s
+    return step(*args)
+
+  batch = sharding.to_global({"x": np.ones((8, 2), np.float32)}, mesh)
+
+  def batches(start):
+    while True:
+      clock.now += clock.batch_s
+      yield batch
+
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"), every_steps=1000, keep=1, meta={})
+  loop = train.LoopSettings(name="t", num_steps=8, steps_per_epoch=4, images_per_step=8,
+                            ckpt=ckpt, writer=metrics.Writer(str(tmp_path), tensorboard=False),
+                            log_every=1, skip_nonfinite=False, started=clock.now)
+  with loop.writer, caplog.at_level("WARNING"):
+    train.fit(loop, train.create_state({"w": jnp.ones((2,))}, {}, tx, mesh), timed_step,
+              batches, jax.random.key(0))
+  ckpt.close()
+  want = batch_s / (batch_s + 3.0)
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+  np.testing.assert_allclose([r["input_wait_fraction"] for r in rows], want, rtol=1e-9)
+  assert loop.input_wait_fraction == pytest.approx(want)
+  assert loop.timed_s == pytest.approx(7 * (batch_s + 3.0))  # the first step compiles
+  warnings = [r for r in caplog.records if "waited for input" in r.getMessage()]
+  assert len(warnings) == (1 if warned else 0), [r.getMessage() for r in warnings]
