@@ -204,7 +204,7 @@ def _model_name(case: Case) -> str:
 def _trainer(config: ml_collections.ConfigDict) -> tuple[methods.Method, Any, Any]:
   """(method, model, optimiser) of the trainer for `config`, as the experiment builds them."""
   method = methods.get(config.method)
-  model = method.build_model(config.model, config.data.num_classes)
+  model = method.build_model(config, config.data.num_classes)
   tx, _ = optim.make_optimizer(config.optim, batch_size=config.batch_size, steps_per_epoch=100,
                                total_steps=10_000)
   return method, model, tx

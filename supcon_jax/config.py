@@ -71,6 +71,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.base_temperature = ml_collections.config_dict.placeholder(float)
   c.loss.variant = "out"  # out: L_out (the paper's) | in: L_in
   c.loss.contrast_mode = "all"
+  # The official code's options (losses.py): who is in each positive's denominator (all |
+  # one_positive | only_negatives), and at most this many positives besides the anchor's own
+  # views (a multiple of augment.n_views; < 0: no cap).
+  c.loss.denominator_mode = "all"
+  c.loss.positives_cap = -1
+  # The official code's joint objective: contrastive_weight x the contrastive loss, plus
+  # cross_entropy_weight x the cross-entropy of the probe (below) on every view.
+  c.loss.contrastive_weight = 1.0
+  c.loss.cross_entropy_weight = 1.0
   c.loss.block_size = ml_collections.config_dict.placeholder(int)  # anchor rows per block
   c.loss.label_smoothing = 0.0  # ce only
 
@@ -119,6 +128,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.linear.optim.nesterov = False
   c.linear.optim.trust_coefficient = 0.001
 
+  # A linear classifier on r trained during pre-training from the same views (contrastive
+  # methods): behind a stop-gradient an online probe, whose accuracy shows at every
+  # evaluation and in results.json as probe_top1; without it (stop_gradient=False),
+  # cross-entropy trains the encoder jointly with the contrastive loss.
+  c.probe = ml_collections.ConfigDict()
+  c.probe.enabled = False
+  c.probe.stop_gradient = True
+
   # Every N epochs of training, evaluate on the eval split: kNN top-1 on r for every method,
   # and the model's own classifier for methods that have one (ce). 0 = off.
   c.eval_every_epochs = 0
@@ -127,7 +144,7 @@ def base_config() -> ml_collections.ConfigDict:
   # finished workdir.
   c.robustness = ml_collections.ConfigDict()
   c.robustness.enabled = False  # stage=all: score the trained classifier on corrupted images
-  c.robustness.corruptions = ()  # empty: all available (TFDS's copy, or corruptions.py's ten)
+  c.robustness.corruptions = ()  # empty: all available (TFDS's copy, or the corruptions package's)
   c.robustness.severities = (1, 2, 3, 4, 5)
   c.robustness.baseline_workdir = ""  # the run mCE is relative to
   # In a run of several methods, the others' mCE is relative to this method's run.
@@ -143,6 +160,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.time_reserve_s = 60.0
 
   c.log_every_steps = 50
+  # "A,B": a jax.profiler trace of pre-training steps A..B into <workdir>/profile (host 0),
+  # for TensorBoard's profile plugin or Perfetto. "" = off.
+  c.profile_steps = ""
   # TensorBoard events beside metrics.jsonl (clu's writer, which needs TensorFlow). False:
   # metrics.jsonl only, and a run on in-memory arrays never imports TensorFlow (~5 s).
   c.tensorboard = True
@@ -160,7 +180,7 @@ def base_config() -> ml_collections.ConfigDict:
 IDENTITY = ("method", "batch_size", "model", "loss", "optim", "augment.n_views", "data.source",
             "data.name", "data.num_classes", "data.image_size", "data.host_resize",
             "data.val_per_class", "data.split_seed", "data.mean", "data.std",
-            "encoder_chunk_size", "moco")
+            "encoder_chunk_size", "moco", "probe")
 _NOT_IDENTITY = ("loss.block_size",)
 
 
@@ -177,6 +197,20 @@ def identity(c: ml_collections.ConfigDict) -> dict[str, object]:
       if dotted not in _NOT_IDENTITY:
         out[dotted] = v
   return out
+
+
+def profile_steps(c: ml_collections.ConfigDict) -> tuple[int, int] | None:
+  """The (first, last) steps `config.profile_steps` asks to trace, or None when it is ""."""
+  if not c.profile_steps:
+    return None
+  try:
+    first, last = (int(part) for part in str(c.profile_steps).split(","))
+  except ValueError:
+    first = last = 0
+  if not 1 <= first <= last:
+    raise ValueError(f"config.profile_steps={c.profile_steps!r}: expected 'A,B', the first "
+                     "and last steps to trace, with 1 <= A <= B")
+  return first, last
 
 
 def method_names(c: ml_collections.ConfigDict) -> list[str]:

@@ -85,11 +85,12 @@ def own_classifier(out: dict[str, np.ndarray]) -> np.ndarray:
 def monitor(config: ml_collections.ConfigDict, method: methods.Method, train_source: Any,
             eval_source: Any) -> Callable[[int, train.TrainState], dict[str, float]] | None:
   """Every `config.eval_every_epochs` of training: kNN top-1 on r, and classifier top-1 when
-  the method has its own classifier (None when switched off)."""
+  the method has its own classifier, or probe top-1 with an online probe (None when off)."""
   every = config.eval_every_epochs
   if not every:
     return None
-  with_logits = method.evaluation == methods.CLASSIFIER
+  own = method.evaluation == methods.CLASSIFIER
+  with_logits = own or method.probed(config)
 
   def evaluate_now(epoch: int, state: train.TrainState) -> dict[str, float]:
     if epoch % every:
@@ -100,7 +101,8 @@ def monitor(config: ml_collections.ConfigDict, method: methods.Method, train_sou
                       outputs=("repr", "logits") if with_logits else ("repr",))
     values = {"knn_top1": knn_accuracy(config, model, train_source, eval_out)}
     if with_logits:
-      values["classifier_top1"] = classifier_evaluation(eval_out)["classifier_top1"]
+      values["classifier_top1" if own else "probe_top1"] = top_k(
+          eval_out["logits"], eval_out["label"])["top1"]
     return values
 
   return evaluate_now

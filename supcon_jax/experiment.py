@@ -179,7 +179,7 @@ def _pretrain(run: Run) -> tuple[TrainedModel, dict[str, Any]]:
   (the trained model, its training figures; only the steps trained now are timed)."""
   config, source = run.config, run.train_source
   steps_per_epoch = source.steps_per_epoch
-  model = run.method.build_model(config.model, config.data.num_classes)
+  model = run.method.build_model(config, config.data.num_classes)
   loss_fn = run.method.loss_fn(config, model, run.mesh)
 
   def build(epochs):
@@ -212,7 +212,8 @@ def _pretrain(run: Run) -> tuple[TrainedModel, dict[str, Any]]:
       images_per_step=config.batch_size * views, ckpt=ckpt,
       writer=metrics.Writer(run.workdir, tensorboard=config.tensorboard),
       log_every=config.log_every_steps, skip_nonfinite=config.skip_nonfinite,
-      schedule=schedule, started=run.started, every_epoch=monitor)
+      schedule=schedule, started=run.started, every_epoch=monitor,
+      profile=_profile(config, run.workdir))
   t0 = time.time()
   with loop.writer:
     state = train.fit(loop, state, step, source.train_batches, rng)
@@ -225,7 +226,8 @@ def _pretrain(run: Run) -> tuple[TrainedModel, dict[str, Any]]:
     run.trained_steps += total - first
     figures.update(epochs=epochs, train_time_s=seconds,
                    images_per_sec=(total - first) * config.batch_size * views
-                                  / max(seconds, 1e-9))
+                                  / max(seconds, 1e-9),
+                   input_wait_fraction=loop.input_wait_fraction)
   return model, figures
 
 
@@ -235,7 +237,8 @@ def _evaluate(run: Run, model: TrainedModel, *, own_classifier: bool
   trained on its frozen r), kNN top-1 and the embedding picture: (figures, the classifier's
   logits function, the outputs on the clean split)."""
   config = run.config
-  outputs = ("repr", "logits") if own_classifier else ("repr",)
+  probed = model.method.probed(model.config)  # the config the model was trained with
+  outputs = ("repr", "logits") if own_classifier or probed else ("repr",)
   clean = evaluate.encode(model, run.eval_source.eval_batches(), outputs=outputs)
   if own_classifier:
     figures, classify = evaluate.classifier_evaluation(clean), evaluate.own_classifier
@@ -243,6 +246,9 @@ def _evaluate(run: Run, model: TrainedModel, *, own_classifier: bool
     figures, classify, steps = linear_probe.train_classifier(
         config, model, _linear_source(run), clean, mesh=run.mesh, workdir=run.workdir)
     run.trained_steps += steps
+  if probed and not run.transfer:  # a transfer's probe knows the other dataset's classes
+    figures.update({f"probe_{k}": v for k, v in evaluate.top_k(clean["logits"],
+                                                                clean["label"]).items()})
   figures["knn_top1"] = evaluate.knn_accuracy(config, model, run.train_source, clean)
   if config.embedding_plot and jax.process_index() == 0:
     plotting.embedding(clean["repr"], clean["label"], os.path.join(run.workdir, "embedding.png"),
@@ -370,6 +376,11 @@ def _record_schedule(config, ckpt: checkpoint.Checkpointer, epochs: float,
                " (capped at optim.max_warmup_fraction of the run)" if plan["warmup_capped"]
                else "", plan["peak_lr"])
   ckpt.set_meta(schedule={"epochs": epochs, **plan})
+
+
+def _profile(config, workdir: str) -> train.StepProfile | None:
+  steps = config_lib.profile_steps(config)
+  return steps and train.StepProfile(steps, os.path.join(workdir, "profile"))
 
 
 def _checkpointer(config, workdir: str) -> checkpoint.Checkpointer:

@@ -7,6 +7,16 @@ With labels=None the positives are only the other views of the same image (SimCL
 Optional extra contrast rows E (e.g. a MoCo-style queue of momentum-encoder keys) are never
 anchors but join every anchor's contrast set, A(i) = {other batch views} u E, and those with
 the anchor's label join P(i) (with labels=None they are negatives only, as in MoCo v2).
+
+Two options of the paper's official code (google-research supcon/losses.py) change the sets,
+per anchor i with negatives N(i) (the rows of other labels):
+- `denominator_mode` (its LossDenominatorMode): "all" sums A(i) = N(i) u P(i) in the
+  denominator; "one_positive" gives each positive p its own denominator, {p} u N(i);
+  "only_negatives" sums N(i) alone.
+- `positives_cap` (>= 0): P(i) keeps the anchor's own other views and at most `positives_cap`
+  other rows: whole samples of the batch, `positives_cap / n_views` of them, lowest global
+  index first (what the official top_k over a 0/1 mask keeps), then extra rows in their order
+  while the count allows. With "all" the positives capped out leave the denominator too.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from supcon_jax.checks import one_of
 
 VARIANTS = ("out", "in")
 CONTRAST_MODES = ("all", "one")
+DENOMINATOR_MODES = ("all", "one_positive", "only_negatives")
 
 
 def _masked_logsumexp(x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -36,25 +47,63 @@ def _masked_logsumexp(x: jax.Array, mask: jax.Array) -> jax.Array:
   return m[..., 0] + jnp.log(jnp.where(s > 0, s, 1.0))
 
 
+def _capped(pos, same, anchor_pos, n_views, batch_rows, cap):
+  """`pos` with at most `cap` positives per anchor besides its own views (module docstring)."""
+  cols = jnp.arange(pos.shape[1])[None, :]
+  in_batch = cols < batch_rows
+  own = in_batch & (cols // n_views == (anchor_pos // n_views)[:, None])
+  others = same & in_batch & ~own
+  # Rows are sample-major, so the running count of other samples' first views is, at every
+  # view of a sample, that sample's rank among the anchor's other samples of its class.
+  rank = jnp.cumsum(others & (cols % n_views == 0), axis=1)
+  kept_samples = jnp.minimum(rank[:, -1:], cap // n_views)
+  extra_rank = jnp.cumsum(same & ~in_batch, axis=1)
+  keep = own | (others & (rank <= cap // n_views)) | (
+      ~in_batch & (extra_rank <= cap - n_views * kept_samples))
+  return pos & keep
+
+
 def _anchor_losses(anchors, anchor_pos, anchor_labels, anchor_valid, contrast, contrast_labels,
-                   temperature, variant):
-  """Sum of the per-anchor losses and the number of anchors that have a positive."""
+                   temperature, variant, denominator_mode="all", positives_cap=-1, n_views=1,
+                   batch_rows=0):
+  """Sum of the per-anchor losses and the number of anchors that have a positive (and, with
+  "only_negatives", a negative)."""
   # bf16 x bf16 products are exact in float32 accumulation, so the matmul stays on the input dtype.
   logits = jnp.matmul(anchors, contrast.T, preferred_element_type=jnp.float32) / temperature
   not_self = anchor_pos[:, None] != jnp.arange(contrast.shape[0])[None, :]
-  pos = (anchor_labels[:, None] == contrast_labels[None, :]) & not_self & anchor_valid[:, None]
+  same = anchor_labels[:, None] == contrast_labels[None, :]
+  pos = same & not_self & anchor_valid[:, None]
+  denominator = not_self
+  if positives_cap >= 0:
+    pos = _capped(pos, same, anchor_pos, n_views, batch_rows, positives_cap)
+    denominator = pos | ~same
+  if denominator_mode == "only_negatives":
+    denominator = ~same
   num_pos = jnp.sum(pos, axis=1).astype(jnp.float32)
-  log_denom = _masked_logsumexp(logits, not_self)
-  if variant == "out":
-    per_anchor = log_denom - jnp.sum(jnp.where(pos, logits, 0.0), axis=1) / jnp.maximum(num_pos, 1)
+  valid = num_pos > 0
+  if denominator_mode == "one_positive":
+    # log(exp(l_p) / (exp(l_p) + sum_n exp(l_n))) for every positive p; 0 without negatives.
+    has_neg = jnp.any(~same, axis=1, keepdims=True)
+    log_neg = _masked_logsumexp(logits, ~same)[:, None]
+    log_ratio = jnp.where(has_neg, logits - jnp.logaddexp(logits, log_neg), 0.0)
+    if variant == "out":
+      per_anchor = -jnp.sum(jnp.where(pos, log_ratio, 0.0), axis=1) / jnp.maximum(num_pos, 1)
+    else:
+      per_anchor = jnp.log(jnp.maximum(num_pos, 1)) - _masked_logsumexp(log_ratio, pos)
   else:
-    per_anchor = log_denom - _masked_logsumexp(logits, pos) + jnp.log(jnp.maximum(num_pos, 1))
-  has_pos = num_pos > 0
-  return jnp.sum(jnp.where(has_pos, per_anchor, 0.0)), jnp.sum(has_pos.astype(jnp.float32))
+    if denominator_mode == "only_negatives":
+      valid &= jnp.any(denominator, axis=1)  # no negative: log(0), the anchor is left out
+    log_denom = _masked_logsumexp(logits, denominator)
+    if variant == "out":
+      per_anchor = (log_denom - jnp.sum(jnp.where(pos, logits, 0.0), axis=1)
+                    / jnp.maximum(num_pos, 1))
+    else:
+      per_anchor = log_denom - _masked_logsumexp(logits, pos) + jnp.log(jnp.maximum(num_pos, 1))
+  return jnp.sum(jnp.where(valid, per_anchor, 0.0)), jnp.sum(valid.astype(jnp.float32))
 
 
 def _check_supcon_args(features, labels, temperature, base_temperature, variant, contrast_mode,
-                       block_size, extra, extra_labels):
+                       block_size, extra, extra_labels, denominator_mode, positives_cap):
   if features.ndim != 3:
     raise ValueError(f"features must be [batch, n_views, dim], got shape {features.shape}")
   if labels is not None and labels.shape != features.shape[:1]:
@@ -83,13 +132,18 @@ def _check_supcon_args(features, labels, temperature, base_temperature, variant,
   one_of("contrast_mode", contrast_mode, CONTRAST_MODES)
   if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
     raise ValueError(f"block_size must be a positive int or None, got {block_size!r}")
+  one_of("denominator_mode", denominator_mode, DENOMINATOR_MODES)
+  if not isinstance(positives_cap, int) or positives_cap >= 0 and positives_cap % features.shape[1]:
+    raise ValueError(f"positives_cap={positives_cap!r} must be an int, < 0 for no cap or a "
+                     f"multiple of the {features.shape[1]} views (whole samples)")
 
 
 def supcon_loss(features: jax.Array, labels: jax.Array | None = None, *,
                 temperature: float = 0.1, base_temperature: float | None = None,
                 variant: str = "out", contrast_mode: str = "all", axis_name: str | None = None,
                 block_size: int | None = None, extra: jax.Array | None = None,
-                extra_labels: jax.Array | None = None) -> jax.Array:
+                extra_labels: jax.Array | None = None, denominator_mode: str = "all",
+                positives_cap: int = -1) -> jax.Array:
   """Supervised contrastive loss, a float32 scalar.
 
   Args:
@@ -112,11 +166,14 @@ def supcon_loss(features: jax.Array, labels: jax.Array | None = None, *,
     extra_labels: int [K], the labels of `extra`; rows whose label equals an anchor's are its
       positives. Required when both labels and extra are given, and must be None when labels
       is None: with SimCLR the extra rows are negatives only (MoCo v2).
+    denominator_mode: "all", "one_positive" or "only_negatives" (module docstring).
+    positives_cap: < 0 for none, else a multiple of n_views (module docstring).
 
-  Anchors without positives are left out of the mean; with none at all the loss is 0.
+  Anchors without positives (with "only_negatives", or without negatives) are left out of the
+  mean; with none at all the loss is 0.
   """
   _check_supcon_args(features, labels, temperature, base_temperature, variant, contrast_mode,
-                     block_size, extra, extra_labels)
+                     block_size, extra, extra_labels, denominator_mode, positives_cap)
   batch, n_views, dim = features.shape
   offset = 0
   if labels is None:
@@ -130,6 +187,7 @@ def supcon_loss(features: jax.Array, labels: jax.Array | None = None, *,
     offset = lax.axis_index(axis_name) * batch
   # Rows are sample-major: view v of sample b sits at row b * n_views + v.
   contrast = contrast.reshape(-1, dim)
+  batch_rows = contrast.shape[0]
   contrast_labels = jnp.repeat(contrast_labels, n_views)
   if extra is not None:
     if extra_labels is None:  # SimCLR: sample ids are >= 0, so -1 never makes a positive
@@ -147,7 +205,8 @@ def supcon_loss(features: jax.Array, labels: jax.Array | None = None, *,
   anchor_valid = jnp.ones(anchors.shape[0], bool)
 
   def block_loss(rows):
-    return _anchor_losses(*rows, contrast, contrast_labels, temperature, variant)
+    return _anchor_losses(*rows, contrast, contrast_labels, temperature, variant,
+                          denominator_mode, positives_cap, n_views, batch_rows)
 
   rows = (anchors, anchor_pos, anchor_labels, anchor_valid)
   if block_size is None:

@@ -35,8 +35,13 @@ class Method:
   uses_labels: bool  # False: self-supervised; labels are only used to evaluate
   contrastive: bool  # True: config.augment.n_views views per image and a projection head
   evaluation: str  # LINEAR or CLASSIFIER
-  build_model: Callable[[Any, int], nn.Module]  # (config.model, num_classes) -> model
+  build_model: Callable[[Any, int], nn.Module]  # (config, num_classes) -> model
   make_loss: Callable[[Method, Any, nn.Module, Callable, Mesh], LossFn]
+
+  def probed(self, config: Any) -> bool:
+    """Whether the model carries an online linear probe on r (`config.probe`; contrastive
+    methods only: ce has its own classifier)."""
+    return self.contrastive and _probe_enabled(config)
 
   def views(self, config: Any) -> int:
     """Augmented views of each image per training step."""
@@ -61,14 +66,22 @@ class Method:
     return self.make_loss(self, config, model, augment_views, mesh)
 
 
-def _contrastive_model(model_config: Any, num_classes: int) -> nn.Module:
-  del num_classes  # the labels only define positives
-  return models.SupConModel(**models.encoder_kwargs(model_config), head=model_config.head,
-                            proj_dim=model_config.proj_dim)
+def _probe_enabled(config: Any) -> bool:
+  probe = config.get("probe")  # configs of older runs have none
+  return bool(probe and probe.enabled)
 
 
-def _classifier_model(model_config: Any, num_classes: int) -> nn.Module:
-  return models.CEModel(num_classes=num_classes, **models.encoder_kwargs(model_config))
+def _contrastive_model(config: Any, num_classes: int) -> nn.Module:
+  # The labels only define positives, and train the online probe where there is one.
+  probed = _probe_enabled(config)
+  return models.SupConModel(**models.encoder_kwargs(config.model), head=config.model.head,
+                            proj_dim=config.model.proj_dim,
+                            probe_classes=num_classes if probed else 0,
+                            probe_stop_gradient=not probed or bool(config.probe.stop_gradient))
+
+
+def _classifier_model(config: Any, num_classes: int) -> nn.Module:
+  return models.CEModel(num_classes=num_classes, **models.encoder_kwargs(config.model))
 
 
 def _apply(model: nn.Module, config: Any, params: Any, batch_stats: Any,
@@ -88,16 +101,30 @@ def _contrastive_loss(method: Method, config: Any, model: nn.Module, augment_vie
   `config.moco.enabled`, also against the queue of a momentum encoder (momentum.py)."""
   loss_kwargs = dict(temperature=config.loss.temperature,
                      base_temperature=config.loss.base_temperature, variant=config.loss.variant,
-                     contrast_mode=config.loss.contrast_mode, block_size=config.loss.block_size)
+                     contrast_mode=config.loss.contrast_mode, block_size=config.loss.block_size,
+                     denominator_mode=config.loss.denominator_mode,
+                     positives_cap=config.loss.positives_cap)
+
+  probed = method.probed(config)
+
+  def weighted(contrastive, out, labels):
+    # The official code's joint objective; with the probe's stop-gradient, its cross-entropy
+    # trains the probe alone.
+    loss = config.loss.contrastive_weight * contrastive
+    if probed:
+      loss += config.loss.cross_entropy_weight * losses.cross_entropy_loss(out["logits"], labels)
+    return loss
 
   def loss_fn(params, carried, batch, rng):
     b, v = batch["image"].shape[0], method.views(config)
     views = augment.view_inputs(rng, batch["image"], v)  # view j of image i: row i * v + j
     labels = batch["label"] if method.uses_labels else None
+    view_labels = jnp.repeat(batch["label"], v)
     if not config.moco.enabled:
       out, batch_stats = _apply(model, config, params, carried, augment_views, views)
       z = out["proj"].reshape(b, v, -1)
-      return losses.sharded_supcon_loss(z, labels, mesh, **loss_kwargs), batch_stats
+      loss = losses.sharded_supcon_loss(z, labels, mesh, **loss_kwargs)
+      return weighted(loss, out, view_labels), batch_stats
     batch_stats, state = carried
     out, batch_stats = _apply(model, config, params, batch_stats, augment_views, views)
     key_params = momentum.follow(state["params"], params, config.moco.momentum)
@@ -108,8 +135,8 @@ def _contrastive_loss(method: Method, config: Any, model: nn.Module, augment_vie
         out["proj"].reshape(b, v, -1), labels, mesh, extra=state["queue"],
         extra_labels=None if labels is None else state["queue_labels"], **loss_kwargs)
     state = momentum.enqueue({**state, "params": key_params, "batch_stats": key_stats},
-                             keys["proj"], jnp.repeat(batch["label"], v))
-    return loss, (batch_stats, state)
+                             keys["proj"], view_labels)
+    return weighted(loss, out, view_labels), (batch_stats, state)
 
   return loss_fn
 

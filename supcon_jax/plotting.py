@@ -58,14 +58,14 @@ def embedding(features: np.ndarray, labels: np.ndarray, path: str, *, title: str
 def severity_curves(curves: dict[str, tuple[Sequence[int], float, Sequence[float]]],
                     path: str) -> None:
   """Top-1 against severity, one line per run: {name: (severities, clean top-1, top-1 at
-  each severity averaged over the corruptions)}; severity 0 is the clean split."""
+  each severity averaged over the benchmark's corruptions)}; severity 0 is the clean split."""
   from matplotlib.figure import Figure
   fig = Figure(figsize=(5, 3.5), dpi=120)
   ax = fig.add_subplot()
   for name, (severities, clean, means) in curves.items():
     ax.plot([0, *severities], [clean, *means], marker="o", label=name)
   ax.set_xlabel("severity (0: clean)")
-  ax.set_ylabel("top-1 (%), mean over corruptions")
+  ax.set_ylabel("top-1 (%), benchmark corruptions' mean")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   fileio.save_png(fig, path)

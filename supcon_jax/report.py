@@ -58,8 +58,9 @@ def write_readme(readme: str = README, results_path: str = DEMO_RESULTS) -> None
 
 
 # The validation curve of a run, by preference: its own classifier (older runs: eval_top1),
-# else the kNN monitor.
-_CURVES = {"classifier_top1": "classifier", "eval_top1": "classifier", "knn_top1": "kNN"}
+# its online probe, else the kNN monitor.
+_CURVES = {"classifier_top1": "classifier", "eval_top1": "classifier",
+           "probe_top1": "online probe", "knn_top1": "kNN"}
 
 
 def plot_curves(runs: dict[str, str], path: str) -> None:

@@ -6,11 +6,12 @@ figure an earlier stage measured; a figure is only replaced by a new measurement
 Who writes what:
 
   training (stage all / pretrain, when it trains steps): epochs, train_time_s,
-      images_per_sec, encoder_steps; wall_time_s (of the whole process) when it trained any
-      step, its linear stage's included
+      images_per_sec, input_wait_fraction, encoder_steps; wall_time_s (of the whole
+      process) when it trained any step, its linear stage's included
   evaluation (all, linear): linear_top1/5 (contrastive methods, or any stage linear) or
-      classifier_top1/5 (ce's own classifier), knn_top1, encoder_steps; a stage linear that
-      trained its classifier also linear_time_s; a transfer also encoder_workdir
+      classifier_top1/5 (ce's own classifier), knn_top1, probe_top1/5 (with an online
+      probe), encoder_steps; a stage linear that trained its classifier also
+      linear_time_s; a transfer also encoder_workdir
   robustness (robustness.enabled, stage robustness): the `robustness` block
   every stage: method; stage (the stage that produced the headline, never "robustness")
 """
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 from etils import epath
 
-from supcon_jax import fileio, methods
+from supcon_jax import corruptions, fileio, methods
 
 FILE = "results.json"
 _MISSING = "–"  # a figure the run does not have (a stage that trained nothing, ...)
@@ -78,8 +79,10 @@ def headline(results: dict[str, Any]) -> tuple[str, float, float]:
 
 
 def severity_means(block: dict[str, Any]) -> list[float]:
-  """Top-1 at each severity of a `robustness` block, averaged over the corruptions."""
-  return [float(np.mean([row[str(s)] for row in block["top1"].values()]))
+  """Top-1 at each severity of a `robustness` block, averaged over the benchmark's
+  corruptions (the extras apart; NaN where it has none of the benchmark's)."""
+  rows = [row for c, row in block["top1"].items() if c in corruptions.BENCHMARK]
+  return [float(np.mean([row[str(s)] for row in rows])) if rows else math.nan
           for s in block["severities"]]
 
 
@@ -100,40 +103,66 @@ def _cell(value: Any, spec: str) -> str:
 def results_table(results: dict[str, dict[str, Any]]) -> str:
   """A Markdown table of each method's results.json values ("–" where a run has none); the
   wall time is the training run's, or a linear-only run's (a transfer)."""
+  probed = any("probe_top1" in r for r in results.values())  # its column only where one is
   rows = []
   for name, r in results.items():
     r = upgrade(r)
     evaluation, top1, top5 = headline(r)
     rows.append([name, evaluation, _cell(top1, ".2f"), _cell(top5, ".2f"),
                  _cell(r.get("knn_top1"), ".2f"),
+                 *([_cell(r.get("probe_top1"), ".2f")] if probed else []),
                  _cell(r.get("wall_time_s", r.get("linear_time_s")), ".0f"),
                  _cell(r.get("epochs"), "g"), _cell(r.get("images_per_sec"), ",.0f")])
   return markdown_table(["method", "evaluation", "top-1", "top-5", "kNN top-1",
+                         *(["online probe top-1"] if probed else []),
                          "wall time (s)", "epochs", "images/s"], rows)
+
+
+def _robustness_columns(scored: dict[str, dict[str, Any]]) -> tuple[bool, bool]:
+  """Whether the robustness table has (extras' top-1, AlexNet-normalised mCE) columns."""
+  return (any("extra_mean_top1" in r for r in scored.values()),
+          any("alexnet_mce" in r for r in scored.values()))
 
 
 def robustness_table(results: dict[str, dict[str, Any]]) -> str:
   """A Markdown table of the runs' corruption robustness (results.json's `robustness`): clean
-  top-1, top-1 under corruption averaged over the corruptions at each severity and over all,
-  and mCE / relative mCE where the run has a baseline."""
+  top-1, top-1 under the benchmark's corruptions averaged at each severity and over all,
+  the extras' top-1 where any run has it, mCE / relative mCE against the baseline run where
+  the run has one, and against AlexNet where any run has those (ImageNet-C)."""
   scored = {name: r["robustness"] for name, r in results.items() if "robustness" in r}
   severities = sorted({s for r in scored.values() for s in r["severities"]})
+  extra, alexnet = _robustness_columns(scored)
   rows = []
   for name, r in scored.items():
     means = dict(zip(r["severities"], severity_means(r)))
     rows.append([name, _cell(r["clean_top1"], ".2f"),
                  *(_cell(means.get(s), ".2f") for s in severities),
-                 _cell(r["mean_top1"], ".2f"), _cell(r.get("mce"), ".1f"),
-                 _cell(r.get("relative_mce"), ".1f"), r.get("baseline", _MISSING)])
+                 _cell(r["mean_top1"], ".2f"),
+                 *([_cell(r.get("extra_mean_top1"), ".2f")] if extra else []),
+                 _cell(r.get("mce"), ".1f"), _cell(r.get("relative_mce"), ".1f"),
+                 r.get("baseline", _MISSING),
+                 *([_cell(r.get("alexnet_mce"), ".1f"), _cell(r.get("alexnet_relative_mce"),
+                                                            ".1f")] if alexnet else [])])
   return markdown_table(["method", "clean top-1", *(f"severity {s}" for s in severities),
-                         "corrupted top-1", "mCE", "relative mCE", "baseline"], rows)
+                         "corrupted top-1", *(["extra top-1"] if extra else []), "mCE",
+                         "relative mCE", "baseline",
+                         *(["AlexNet mCE", "AlexNet relative mCE"] if alexnet else [])], rows)
 
 
 def run_tables(results: dict[str, dict[str, Any]]) -> str:
   """What a finished experiment reports: the results table, and the robustness table when
-  any run was scored under corruption."""
+  any run was scored under corruption, under a line saying what each of its figures is
+  averaged over and normalised by."""
   tables = [results_table(results)]
-  if any("robustness" in r for r in results.values()):
-    tables.append("Under corruption (top-1 in %; mCE and relative mCE against the baseline, "
-                  "in %, lower is better):\n\n" + robustness_table(results))
+  scored = {name: r["robustness"] for name, r in results.items() if "robustness" in r}
+  if scored:
+    extra, alexnet = _robustness_columns(scored)
+    what = ["top-1 in %, averaged over the benchmark's corruptions"]
+    if extra:
+      what.append("extra top-1 over ImageNet-C's extra corruptions, never in those means")
+    what.append("mCE and relative mCE in %, lower is better, normalised by the errors of "
+                "the run named under baseline" + (
+                    "; AlexNet's by AlexNet's published ImageNet-C errors, as the paper's"
+                    if alexnet else " (AlexNet's published errors are ImageNet-C's only)"))
+    tables.append(f"Under corruption ({'; '.join(what)}):\n\n" + robustness_table(results))
   return "\n\n".join(tables)

@@ -191,6 +191,42 @@ class PreemptionWatch:
     return self.requested is not None
 
 
+# An epoch that waits longer than this for its batches gets a warning (once per stage).
+INPUT_WAIT_WARNING = 0.10
+
+
+class StepProfile:
+  """A `jax.profiler` trace of steps `first`..`last` (numbered as the log numbers them) into
+  `directory`, on host 0: TensorBoard's profile plugin reads it (--logdir=directory), and
+  Perfetto its perfetto_trace.json.gz."""
+
+  def __init__(self, steps: tuple[int, int], directory: str):
+    self.first, self.last = steps
+    self.directory = directory
+    self._tracing = False
+
+  def before(self, step: int) -> None:
+    """Starts the trace if step `step` (1-based) is the first one to trace."""
+    if self.first <= step <= self.last and not self._tracing and jax.process_index() == 0:
+      # Without the Python tracer: a step that compiles makes millions of Python calls, which
+      # would fill the trace's event buffer (the steps after them then go missing) and slow
+      # the host it is meant to measure. JAX's and tf.data's own annotations stay.
+      options = jax.profiler.ProfileOptions()
+      options.python_tracer_level = 0
+      jax.profiler.start_trace(self.directory, create_perfetto_trace=True,
+                               profiler_options=options)
+      self._tracing = True
+
+  def after(self, step: int, outputs: Any) -> None:
+    """Stops the trace once step `step`'s `outputs` are computed, if it is the last one."""
+    if self._tracing and step >= self.last:
+      jax.block_until_ready(outputs)
+      jax.profiler.stop_trace()
+      self._tracing = False
+      logging.info("profile of steps %d..%d written to %s", self.first, self.last,
+                   self.directory)
+
+
 @dataclasses.dataclass
 class LoopSettings:
   """How `fit` runs one stage: its length, where it logs and checkpoints, what it reports."""
@@ -208,6 +244,16 @@ class LoopSettings:
   # The console shows a progress line at most this often, and the first, the last and those
   # with an evaluation; log.txt and metrics.jsonl get every one (console.py).
   console_every_s: float = 10.0
+  profile: StepProfile | None = None
+  # What fit measured of the steps it ran (not counting the first, which compiles): their
+  # seconds, and those spent waiting for the input pipeline to hand over the next batch.
+  timed_s: float = 0.0
+  input_wait_s: float = 0.0
+
+  @property
+  def input_wait_fraction(self) -> float:
+    """The share of the timed steps' wall time spent waiting for batches."""
+    return self.input_wait_s / self.timed_s if self.timed_s > 0 else 0.0
 
 
 def resume(state: TrainState, ckpt: checkpoint.Checkpointer, *, to_continue: bool = True
@@ -235,17 +281,30 @@ def fit(loop: LoopSettings, state: TrainState, step_fn: Callable,
   paced_from = (last_log, last_time)  # the (step, time) the ETA's pace is measured from
   shown = -float("inf")  # when the console last showed a progress line
   previous = None  # the metrics of the step before this one
+  # Seconds spent in next(batches) since the last log, and since the epoch began. With at
+  # most one step in flight, the device idles for at most this long (the PyTorch
+  # reference's "data time"); a pipeline that keeps up hands over a prefetched batch at once.
+  waited = epoch_waited = 0.0
+  epoch_from, warned = time.time(), False
   with PreemptionWatch() as watch:
     for step in range(start, loop.num_steps):
-      batch = next(stream)
-      state, m = step_fn(state, batch, rng, *frozen)
+      done = step + 1
+      if loop.profile:
+        loop.profile.before(done)
+      with jax.profiler.StepTraceAnnotation(loop.name, step_num=done):
+        asked = time.time()
+        batch = next(stream)
+        got = time.time() - asked
+        waited, epoch_waited = waited + got, epoch_waited + got
+        state, m = step_fn(state, batch, rng, *frozen)
       if previous is not None:
         # At most this step in flight: the device stays busy with it while the host prepares
         # the next, and a signal is answered within a step, not after a queue of them.
         jax.block_until_ready(previous)
       previous = m
+      if loop.profile:
+        loop.profile.after(done, m)
       pending = m if pending is None else pending.merge(m)
-      done = step + 1
       stop = watch.should_stop(done)
       epoch_end = done % loop.steps_per_epoch == 0
       if (done % loop.log_every == 0 or done == loop.num_steps or stop or epoch_end
@@ -254,8 +313,18 @@ def fit(loop: LoopSettings, state: TrainState, step_fn: Callable,
         now = time.time()
         rate = loop.images_per_step * (done - last_log) / max(now - last_time, 1e-9)
         values.update(images_per_sec=rate, elapsed_s=now - loop.started,
-                      lr=float(loop.schedule(done - 1)) if loop.schedule else 0.0)
+                      lr=float(loop.schedule(done - 1)) if loop.schedule else 0.0,
+                      input_wait_fraction=min(1.0, waited / max(now - last_time, 1e-9)))
+        if step > start:  # the first step's time is mostly compiling
+          loop.timed_s += now - last_time
+          loop.input_wait_s += waited
+        else:
+          epoch_from, epoch_waited = now, 0.0
         values["nonfinite_steps"] = _check_finite(loop, state)
+        if epoch_end:
+          warned = _warn_input_wait(loop, done, epoch_waited / max(now - epoch_from, 1e-9),
+                                    warned)
+          epoch_waited, epoch_from = 0.0, now
         if epoch_end and loop.every_epoch is not None:
           values.update(loop.every_epoch(done // loop.steps_per_epoch, state))
         loop.writer.write(done, values)
@@ -266,11 +335,12 @@ def fit(loop: LoopSettings, state: TrainState, step_fn: Callable,
         # matmul on a batch of representations: the rate counts those, not images.
         _progress(loop, done, values, eta, "img" if "image" in batch else "feat", show)
         shown = now if show else shown
-        pending, last_log, last_time = None, done, time.time()
+        pending, last_log, last_time, waited = None, done, time.time(), 0.0
       elif step == start:
         jax.block_until_ready(m)  # the first step compiled: time the steps after it
-        last_log, last_time = done, time.time()
+        last_log, last_time, waited = done, time.time(), 0.0
         paced_from = (last_log, last_time)
+        epoch_from, epoch_waited = last_time, 0.0
       saved = loop.ckpt.due(done) or stop
       if saved:
         loop.ckpt.save(done, state)
@@ -284,6 +354,19 @@ def fit(loop: LoopSettings, state: TrainState, step_fn: Callable,
     loop.ckpt.save(loop.num_steps, state)
   loop.ckpt.wait()
   return state
+
+
+def _warn_input_wait(loop: LoopSettings, done: int, fraction: float, warned: bool) -> bool:
+  """Warns (once) when an epoch waited for its batches more than INPUT_WAIT_WARNING of its
+  time; returns whether a warning has been given."""
+  if warned or fraction <= INPUT_WAIT_WARNING:
+    return warned
+  logging.warning(
+      "[%s] epoch %d waited for input %.0f%% of its time: the accelerator idles. What helps: "
+      "data.in_memory=True (images that fit in device memory), more host CPU cores, a larger "
+      "data.prefetch, or smaller images on disk", loop.name, done // loop.steps_per_epoch,
+      100 * fraction)
+  return True
 
 
 def _check_finite(loop: LoopSettings, state: TrainState) -> int:
@@ -305,9 +388,10 @@ def _progress(loop: LoopSettings, done: int, values: dict[str, float], eta: floa
   """The progress line of step `done`: always in log.txt, on the console if `show`."""
   evals = "".join(f" {k} {v:.2f}" for k, v in values.items() if k.endswith("_top1"))
   skipped = f" skipped {values['nonfinite_steps']:.0f}" if values["nonfinite_steps"] else ""
-  logging.info("[%s] step %d/%d epoch %.1f loss %.4f lr %.3g %.0f %s/s ETA %s%s%s", loop.name,
-               done, loop.num_steps, done / loop.steps_per_epoch, values["loss"], values["lr"],
-               values["images_per_sec"], unit, _hms(eta), evals, skipped,
+  logging.info("[%s] step %d/%d epoch %.1f loss %.4f lr %.3g %.0f %s/s (input wait %.0f%%) "
+               "ETA %s%s%s", loop.name, done, loop.num_steps, done / loop.steps_per_epoch,
+               values["loss"], values["lr"], values["images_per_sec"], unit,
+               100 * values["input_wait_fraction"], _hms(eta), evals, skipped,
                extra={"console": show})
 
 

@@ -47,7 +47,7 @@ CONFIG = "config.json"  # what the trainer writes into a training workdir
 CHECKPOINTS = "checkpoints"
 # The config fields that decide the model's program: architecture and input transform.
 _PROGRAM = ("method", "model", "data.num_classes", "data.image_size", "data.mean", "data.std",
-            "data.host_resize")
+            "data.host_resize", "probe")
 
 
 class TrainedModel:
@@ -62,7 +62,7 @@ class TrainedModel:
     self.step = saved.step
     self.method = methods.get(config.method)
     # The flax module: model.apply(variables, normalised images, train=False) -> outputs.
-    self.model = self.method.build_model(config.model, config.data.num_classes)
+    self.model = self.method.build_model(config, config.data.num_classes)
     self._apply = _compiled_apply(_program_key(config))
 
   def on(self, mesh: jax.sharding.Mesh) -> TrainedModel:
@@ -159,7 +159,7 @@ def _program_key(config: ml_collections.ConfigDict) -> str:
   for name in _PROGRAM:
     value = config
     for part in name.split("."):
-      value = value[part]
+      value = value.get(part)  # None where a config of an older run has no such field
     fields[name] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
   return json.dumps(fields, sort_keys=True)
 
@@ -171,9 +171,10 @@ def _compiled_apply(program: str) -> Callable[..., dict[str, jax.Array]]:
   an export and its workdir, the monitor during training and the final evaluation)."""
   fields = json.loads(program)
   config = ml_collections.ConfigDict({"method": fields["method"], "model": fields["model"],
+                                      "probe": fields["probe"],
                                       "data": {k.split(".")[1]: v for k, v in fields.items()
                                                if k.startswith("data.")}})
-  model = methods.get(config.method).build_model(config.model, config.data.num_classes)
+  model = methods.get(config.method).build_model(config, config.data.num_classes)
 
   def apply(variables: Any, images: jax.Array, *, names: tuple[str, ...]
             ) -> dict[str, jax.Array]:
@@ -274,7 +275,7 @@ def abstract_variables(config: ml_collections.ConfigDict) -> Any:
 
   Traced, not computed: no initialiser runs.
   """
-  model = methods.get(config.method).build_model(config.model, config.data.num_classes)
+  model = methods.get(config.method).build_model(config, config.data.num_classes)
   size = config.data.image_size
   dummy = jax.ShapeDtypeStruct((1, size, size, len(config.data.mean)), jnp.float32)
   shapes = jax.eval_shape(lambda x: model.init(rngs.stream(0, "init"), x, train=False), dummy)

@@ -26,7 +26,7 @@ from supcon_jax import (
   robustness,
 )
 from supcon_jax.checks import one_of
-from supcon_jax.config import base_config, method_names
+from supcon_jax.config import base_config, method_names, profile_steps
 from supcon_jax.models import chunked
 
 
@@ -46,6 +46,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
   one_of("config.model.dtype", c.model.dtype, models.DTYPES)
   one_of("config.loss.variant", c.loss.variant, losses.VARIANTS)
   one_of("config.loss.contrast_mode", c.loss.contrast_mode, losses.CONTRAST_MODES)
+  one_of("config.loss.denominator_mode", c.loss.denominator_mode, losses.DENOMINATOR_MODES)
+  for name in ("contrastive_weight", "cross_entropy_weight"):
+    if not 0 <= c.loss[name] < float("inf"):
+      raise ValueError(f"config.loss.{name}={c.loss[name]!r} must be a finite weight >= 0")
+  cap = c.loss.positives_cap
+  if not isinstance(cap, int) or cap >= 0 and cap % c.augment.n_views:
+    raise ValueError(f"config.loss.positives_cap={cap!r} must be an integer, < 0 for no cap or "
+                     f"a multiple of augment.n_views={c.augment.n_views} (whole samples)")
   optim.check_config(c.optim, "config.optim")
   optim.check_config(c.linear.optim, "config.linear.optim")
   positive = {"loss.temperature": c.loss.temperature, "batch_size": c.batch_size,
@@ -86,6 +94,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
                        "momentum encoder is for the contrastive methods")
   if c.moco.enabled:
     momentum.check_config(c)
+  profile_steps(c)
   for s in c.robustness.severities:
     one_of("config.robustness.severities: severity", s, corruptions.SEVERITIES)
   robustness.corruption_names(c)

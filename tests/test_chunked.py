@@ -32,7 +32,7 @@ KEY = jax.random.key(0, impl="rbg")  # compiles faster than threefry; its values
 def tiny_model():
   config = base_config()
   config.model.width = 0.0625
-  return methods.get("supcon").build_model(config.model, 10)
+  return methods.get("supcon").build_model(config, 10)
 
 
 MODEL = tiny_model()

@@ -47,7 +47,7 @@ def _images(size=8, batch=8):
 def test_every_method_builds_its_model_and_loss(name):
   c = _config(method=name, **{"augment.policy": "none"})
   method = methods.get(name)
-  model = method.build_model(c.model, c.data.num_classes)
+  model = method.build_model(c, c.data.num_classes)
   mesh = sharding.make_mesh(1)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)),
                                                 train=False))
@@ -78,7 +78,7 @@ def test_every_depth_and_stem_builds(depth, stem):
 @pytest.mark.parametrize("dtype", models.DTYPES)
 def test_every_head_and_dtype_builds(head, dtype):
   c = _config(**{"model.head": head, "model.dtype": dtype})
-  model = methods.get("supcon").build_model(c.model, 10)
+  model = methods.get("supcon").build_model(c, 10)
   out = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), jnp.zeros((1, 8, 8, 3)),
                                                       train=False)[0])
   assert out["proj"].shape == (1, c.model.proj_dim) and out["proj"].dtype == jnp.float32

@@ -6,6 +6,8 @@ ResNet-18 at width 1/8, two steps per stage) on two simulated devices, sharing t
 compilation cache (conftest).
 """
 
+import gzip
+import json
 import os
 import re
 import subprocess
@@ -24,6 +26,7 @@ def get_config(arg=None):
     raise ValueError(f"no variant {arg}")  # a get_config() that fails, for the tests
   c = tiny_config("supcon")
   c.linear.augment = "none"  # on cached features: the rate counts features
+  c.probe.enabled = True  # its accuracy in the final table
   return c
 '''
 
@@ -50,18 +53,29 @@ def _finish(proc):
 def test_console_is_short_and_log_txt_holds_every_record(tmp_path):
   config, workdir = tmp_path / "tiny.py", tmp_path / "run"
   config.write_text(CONFIG)
-  rc, out, err = _finish(_main(f"--config={config}", f"--workdir={workdir}"))
+  rc, out, err = _finish(_main(f"--config={config}", f"--workdir={workdir}",
+                               "--config.profile_steps=1,2"))
   console = out + err
   assert rc == 0, console
+  # The profile of both pre-training steps opens in Perfetto: its trace has them, by name.
+  with gzip.open(next((workdir / "profile").rglob("perfetto_trace.json.gz"))) as f:
+    events = json.load(f)["traceEvents"]
+  steps = {e.get("args", {}).get("step_num") for e in events if e.get("name") == "supcon"}
+  assert steps == {"1", "2"}, steps
+  assert next((workdir / "profile").rglob("*.xplane.pb")).stat().st_size > 0  # TensorBoard's
   assert not ABSL_RECORD.search(console), console
   assert "oneDNN" not in console and "Traceback" not in console, console
   lines = console.splitlines()
   assert len(lines) <= 30, console
   assert err.startswith("config: ") and "data.image_size=8" in err, console
   for stage, unit in (("supcon", "img"), ("linear", "feat")):
-    assert re.search(rf"^\[{stage}\] step 2/2 epoch 0\.1 loss [\d.]+ lr \S+ \d+ {unit}/s ETA "
-                     r"0:\d\d$", console, re.M), console
+    assert re.search(rf"^\[{stage}\] step 2/2 epoch 0\.1 loss [\d.]+ lr \S+ \d+ {unit}/s "
+                     r"\(input wait \d+%\) ETA 0:\d\d$", console, re.M), console
   assert re.search(r"^\| supcon \| linear \| [\d.]+ \|", console, re.M), console
+  # With the online probe, its accuracy is a column of the table and a figure of the run.
+  assert re.search(r"^\| method \| .* \| kNN top-1 \| online probe top-1 \|", console,
+                   re.M), console
+  assert 0 <= json.loads((workdir / "results.json").read_text())["probe_top1"] <= 100
 
   log = (workdir / "log.txt").read_text()
   assert re.search(r"^I\d{4} .* checkpoint_manager\.py:\d+\] ", log, re.M)  # orbax's INFO

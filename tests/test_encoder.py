@@ -45,7 +45,7 @@ def _reference(workdir: str, step: int):
   config = trained.read_config(os.path.join(workdir, "config.json"))
   mesh = sharding.make_mesh()
   method = methods.get(config.method)
-  model = method.build_model(config.model, config.data.num_classes)
+  model = method.build_model(config, config.data.num_classes)
   params, stats = train.init_model(model, 0, (config.data.image_size,) * 2 + (3,), mesh)
   tx, _ = optim.make_optimizer(config.optim, batch_size=config.batch_size, steps_per_epoch=1,
                                total_steps=1)

@@ -40,13 +40,14 @@ def test_all_methods_write_outputs(tiny_runs, tmp_path):
     assert saved["method"] == method and saved["stage"] == "all"
     assert 0.0 <= saved[f"{evaluation}_top1"] <= saved[f"{evaluation}_top5"] <= 100.0
     assert 0.0 <= saved["knn_top1"] <= 100.0
+    assert 0.0 <= saved["input_wait_fraction"] < 1.0
     rows = _jsonl(os.path.join(sub, "metrics.jsonl"))
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for r in rows:
-      assert {"step", "loss", "lr", "images_per_sec"} <= set(r)
+      assert {"step", "loss", "lr", "images_per_sec", "input_wait_fraction"} <= set(r)
     assert sorted(os.listdir(os.path.join(sub, "checkpoints"))) == ["2", "4"]
     scalars = _tensorboard_scalars(os.path.join(sub, "tensorboard"))
-    assert scalars["loss"] == [1, 2, 3, 4], scalars
+    assert scalars["loss"] == scalars["input_wait_fraction"] == [1, 2, 3, 4], scalars
     # The linear stage logs apart, under the encoder's step (ce's own classifier needs none).
     linear_metrics = os.path.join(sub, "linear", "4", "metrics.jsonl")
     assert os.path.exists(linear_metrics) == (method != "ce")

@@ -293,14 +293,21 @@ def test_linear_classifier():
 
 
 def test_each_method_builds_its_model_from_config():
-  cfg = base_config().model
+  config = base_config()
+  cfg = config.model
   cfg.depth, cfg.width, cfg.stem, cfg.head, cfg.proj_dim = 50, 0.5, "imagenet", "linear", 64
   cfg.zero_init_residual, cfg.dtype = True, "bfloat16"
   for method in ("supcon", "simclr"):
-    model = methods.get(method).build_model(cfg, 10)
+    model = methods.get(method).build_model(config, 10)
     assert model == SupConModel(50, 0.5, "imagenet", True, jnp.bfloat16, "linear", 64)
-  assert methods.get("ce").build_model(cfg, 10) == CEModel(50, 10, 0.5, "imagenet", True,
-                                                           jnp.bfloat16)
+  assert methods.get("ce").build_model(config, 10) == CEModel(50, 10, 0.5, "imagenet", True,
+                                                              jnp.bfloat16)
+  config.probe.update(enabled=True, stop_gradient=False)  # a probe for contrastive methods
+  assert methods.get("supcon").build_model(config, 10) == SupConModel(
+      50, 0.5, "imagenet", True, jnp.bfloat16, "linear", 64, probe_classes=10,
+      probe_stop_gradient=False)
+  assert methods.get("ce").build_model(config, 10) == CEModel(50, 10, 0.5, "imagenet", True,
+                                                              jnp.bfloat16)
   assert build_encoder(cfg) == ResNet(50, 0.5, "imagenet", True, jnp.bfloat16)
   cfg.dtype = "float32"
   assert build_encoder(cfg).dtype == jnp.float32
@@ -311,14 +318,14 @@ def test_each_method_builds_its_model_from_config():
     ("depth", 42, "42"), ("stem", "tiny", "tiny"), ("width", 0.0, "width"),
 ])
 def test_build_model_rejects_bad_config(field, value, culprit):
-  cfg = base_config().model
+  config = base_config()
   method = "supcon"
   if field == "method":
     method = value
   else:
-    cfg[field] = value
+    config.model[field] = value
   with pytest.raises(ValueError, match=culprit):
-    methods.get(method).build_model(cfg, 10)
+    methods.get(method).build_model(config, 10)
 
 
 def test_resnet_rejects_bad_depth_and_stem():

@@ -55,7 +55,7 @@ def _config(method="supcon", **moco):
 def _run(config, mesh, images, labels, steps):
   """(the states from the initial one to the last, losses, gradient norms) of `steps`."""
   method = methods.get(config.method)
-  model = method.build_model(config.model, 4)
+  model = method.build_model(config, 4)
   tx, _ = optim.make_optimizer(config.optim, batch_size=config.batch_size, steps_per_epoch=4,
                                total_steps=4)
   params, batch_stats = train.init_model(model, 0, images.shape[1:], mesh)
@@ -102,7 +102,7 @@ def test_the_queue_gets_the_key_model_embeddings_not_the_trained_ones():
   images, labels = _data()
   mesh = sharding.make_mesh(1)
   method = methods.get("supcon")
-  model = method.build_model(config.model, 4)
+  model = method.build_model(config, 4)
   params, stats = train.init_model(model, 0, images.shape[1:], mesh)
   key_params, key_stats = train.init_model(model, 1, images.shape[1:], mesh)
   queued = momentum.initial_state(config, key_params, key_stats)
@@ -164,7 +164,7 @@ def test_a_resumed_run_is_the_uninterrupted_one_bitwise(tmp_path):
   def load(workdir):
     method = methods.get("supcon")
     mesh = sharding.make_mesh()
-    model = method.build_model(config.model, 10)
+    model = method.build_model(config, 10)
     params, stats = train.init_model(model, 0, (8, 8, 3), mesh)
     tx, _ = optim.make_optimizer(config.optim, batch_size=64, steps_per_epoch=22,
                                  total_steps=4)

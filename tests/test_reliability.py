@@ -287,6 +287,11 @@ def test_bad_folders_name_the_culprit(tmp_path):
     ("loss.temperature", 0.0, "config.loss.temperature=0.0"),
     ("augment.n_views", 0, "config.augment.n_views=0"),
     ("data.image_size", 16, "config.data.image_size=16 is too small for the imagenet stem"),
+    ("loss.denominator_mode", "some", "config.loss.denominator_mode='some'"),
+    ("loss.positives_cap", 3, "config.loss.positives_cap=3 must be an integer, < 0 for no cap "
+                              "or a multiple of augment.n_views=2"),
+    ("loss.cross_entropy_weight", -1.0, "config.loss.cross_entropy_weight=-1.0 must be a "
+                                        "finite weight >= 0"),
     ("profile_steps", "5", "config.profile_steps='5': expected 'A,B'"),
     ("profile_steps", "5,2", "config.profile_steps='5,2': expected 'A,B'"),
 ])

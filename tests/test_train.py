@@ -39,7 +39,7 @@ def _tiny_config(method="supcon"):
 def _run_steps(config, mesh, images, labels, num_steps=3):
   """(losses, gradient norms, the states from the initial one to the last) of `num_steps`."""
   method = methods.get(config.method)
-  model = method.build_model(config.model, 10)
+  model = method.build_model(config, 10)
   tx, _ = optim.make_optimizer(config.optim, batch_size=config.batch_size, steps_per_epoch=10,
                                total_steps=10)
   rng = jax.random.PRNGKey(0)

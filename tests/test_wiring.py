@@ -15,7 +15,7 @@ import pytest
 
 from supcon_jax import checkpoint, data, experiment, linear_probe, methods, sharding
 from supcon_jax import config as config_lib
-from tests.test_losses import ref_supcon
+from tests.test_loss_options import ref_options
 
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
 
@@ -141,19 +141,20 @@ def test_linear_stage_on_whole_images_crops_them_on_the_device(tmp_path):
     assert (_flipped_or_not(seen, images) == -1).all()
 
 
-LOSS_OPTIONS = dict(temperature=0.5, base_temperature=0.07, variant="in", contrast_mode="one")
+LOSS_OPTIONS = dict(temperature=0.5, variant="in", contrast_mode="one",
+                    denominator_mode="one_positive", positives_cap=3)
 
 
 @pytest.mark.parametrize("method", ["supcon", "simclr"])
 @pytest.mark.parametrize("moco", [False, True])
 def test_the_loss_gets_the_configured_options_labels_and_queue(method, moco):
   # Every loss option away from its default, three views, and with moco a queue holding some
-  # of the batch's labels: the value must be the paper's loss (tests/test_losses.py's float64
+  # of the batch's labels: the value must be the loss (tests/test_loss_options.py's float64
   # reference) of the embeddings the encoder made, with these options, the labels only for
-  # SupCon and the queue as extra contrast rows.
+  # SupCon and the queue as extra contrast rows, scaled by temperature / base_temperature.
   c = _config(method, policy="none")  # views given as they are (cropped on the host)
   c.augment.n_views = 3
-  c.loss.update(**LOSS_OPTIONS)
+  c.loss.update(base_temperature=0.07, **LOSS_OPTIONS)
   r = np.random.default_rng(4)
   images = r.integers(0, 256, (8, 3, 2, 2, 3), dtype=np.uint8)
   labels = r.integers(0, 3, 8).astype(np.int32)
@@ -173,8 +174,9 @@ def test_the_loss_gets_the_configured_options_labels_and_queue(method, moco):
   loss_fn = methods.get(method).loss_fn(c, _recorder([]), mesh)
   batch = sharding.to_global({"image": images, "label": labels}, mesh)
   loss, _ = jax.jit(loss_fn)({}, carried, batch, jax.random.key(0))
-  want = ref_supcon(z, labels if method == "supcon" else None, **LOSS_OPTIONS, **extra)
-  without_queue = ref_supcon(z, labels if method == "supcon" else None, **LOSS_OPTIONS)
+  scale = LOSS_OPTIONS["temperature"] / 0.07
+  want = scale * ref_options(z, labels if method == "supcon" else None, **LOSS_OPTIONS, **extra)
+  without_queue = scale * ref_options(z, labels if method == "supcon" else None, **LOSS_OPTIONS)
   assert abs(want - without_queue) > 1e-2 or not moco  # the queue matters here
   np.testing.assert_allclose(float(loss), want, rtol=1e-5)
 

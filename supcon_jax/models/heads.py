@@ -60,7 +60,12 @@ class ProjectionHead(nn.Module):
 
 
 class SupConModel(nn.Module):
-  """Encoder + projection head for SupCon/SimCLR: {"repr": r, "proj": z}, both float32."""
+  """Encoder + projection head for SupCon/SimCLR: {"repr": r, "proj": z}, both float32.
+
+  With `probe_classes`, also a linear classifier on r, "probe" ({"logits": ...}): behind a
+  stop-gradient (`probe_stop_gradient`) an online probe that leaves the encoder as it is;
+  without it, cross-entropy trains the encoder with the contrastive loss.
+  """
   depth: int
   width: float = 1.0
   stem: str = "cifar"
@@ -68,6 +73,8 @@ class SupConModel(nn.Module):
   dtype: Any = jnp.float32
   head: str = "mlp"
   proj_dim: int = 128
+  probe_classes: int = 0
+  probe_stop_gradient: bool = True
 
   def __post_init__(self):
     check_encoder_args(self.depth, self.width, self.stem)
@@ -80,7 +87,11 @@ class SupConModel(nn.Module):
                name="encoder")(x, train)
     z = ProjectionHead(self.head, feature_dim(self.depth, self.width), self.proj_dim, self.dtype,
                        name="head")(r)
-    return {"repr": r, "proj": z}
+    if not self.probe_classes:
+      return {"repr": r, "proj": z}
+    probe_in = jax.lax.stop_gradient(r) if self.probe_stop_gradient else r
+    return {"repr": r, "proj": z,
+            "logits": LinearClassifier(self.probe_classes, name="probe")(probe_in)}
 
 
 class CEModel(nn.Module):
