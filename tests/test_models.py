@@ -313,6 +313,18 @@ def test_each_method_builds_its_model_from_config():
   assert build_encoder(cfg).dtype == jnp.float32
 
 
+@pytest.mark.parametrize("stop_gradient", [True, False])
+def test_the_probe_reaches_the_encoder_only_without_its_stop_gradient(stop_gradient):
+  model = SupConModel(18, 0.0625, probe_classes=3, probe_stop_gradient=stop_gradient)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 3)), jnp.float32)
+  variables = model.init(jax.random.key(0), x, train=False)
+  logits = lambda p: model.apply({**variables, "params": p}, x, train=False)["logits"].sum()
+  grads = jax.grad(logits)(variables["params"])
+  encoder_moves = any(np.abs(g).max() > 0 for g in jax.tree.leaves(grads["encoder"]))
+  assert encoder_moves == (not stop_gradient)
+  assert np.abs(grads["probe"]["dense"]["kernel"]).max() > 0  # the probe itself always learns
+
+
 @pytest.mark.parametrize("field,value,culprit", [
     ("method", "byol", "byol"), ("head", "conv", "conv"), ("dtype", "float16", "float16"),
     ("depth", 42, "42"), ("stem", "tiny", "tiny"), ("width", 0.0, "width"),
