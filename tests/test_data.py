@@ -394,22 +394,168 @@ def test_tfds_pipeline_on_mock_data(mesh):
                   global_batch=16, mesh=mesh, seed=0)
 
 
-def test_jpeg_crops_decode_only_their_window_with_the_same_result():
+# ---------------------------------------------------------------- JPEGs decoded at reduced scale
+
+# The random-resized crop boxes the host drew before JPEGs were decoded at reduced scale
+# (tfdata._sample_box of commit f90856e) for a 123 x 165 image, scale (0.02, 1.0), seeds
+# (7, 2i) and (7, 2i + 1): row i holds example i's two views, each [top, left, height, width].
+BOXES_BEFORE = np.array([
+    [[22, 20, 31, 37], [7, 72, 99, 77]],
+    [[13, 19, 75, 66], [5, 55, 73, 97]],
+    [[23, 12, 48, 47], [6, 1, 105, 137]],
+    [[85, 51, 26, 32], [34, 49, 80, 93]],
+    [[61, 103, 27, 21], [2, 18, 119, 136]],
+    [[0, 4, 121, 155], [38, 85, 41, 48]],
+    [[5, 25, 117, 133], [19, 34, 32, 27]],
+    [[11, 27, 68, 59], [17, 12, 95, 112]],
+    [[29, 32, 59, 50], [16, 42, 67, 73]],
+    [[18, 12, 25, 29], [35, 7, 59, 76]],
+    [[0, 2, 123, 146], [42, 55, 45, 60]],
+    [[58, 47, 49, 56], [13, 14, 42, 45]],
+    [[35, 60, 63, 82], [3, 11, 100, 106]],
+    [[11, 43, 62, 56], [3, 45, 79, 81]],
+    [[2, 29, 104, 112], [4, 19, 96, 119]],
+    [[15, 65, 78, 73], [24, 21, 47, 52]],
+    [[6, 14, 114, 94], [3, 0, 117, 140]],
+    [[9, 24, 111, 140], [4, 103, 54, 51]],
+    [[4, 17, 86, 114], [25, 6, 89, 103]],
+    [[1, 11, 117, 137], [6, 5, 114, 128]],
+    [[34, 84, 60, 69], [12, 48, 85, 96]],
+    [[73, 51, 38, 47], [0, 21, 116, 133]],
+    [[37, 74, 72, 78], [54, 73, 26, 33]],
+    [[7, 20, 112, 143], [0, 11, 123, 142]]])
+SHAPE, SCALE, SIZE = (123, 165), (0.02, 1.0), 12  # 123 and 165 end in partial 8-pixel blocks
+
+
+def _seeds(i, views=2):
   from supcon_jax.data import tfdata
-  y, x = np.mgrid[:40, :60]
-  image = np.stack([x * 4, y * 6, (x + y) * 2], axis=-1).astype(np.uint8)
-  path = io.BytesIO()
-  Image.fromarray(image).save(path, format="JPEG", quality=95)
-  encoded = tfdata.tf.constant(path.getvalue())
-  seeds = tfdata.tf.constant([[1, 2], [1, 3]], tfdata.tf.int64)
-  window = tfdata.random_crops(encoded, seeds, 16, (0.08, 1.0), jpeg=True).numpy()
-  full = tfdata.random_crops(encoded, seeds, 16, (0.08, 1.0), jpeg=False).numpy()
-  np.testing.assert_array_equal(window, full)
-  assert window.shape == (2, 16, 16, 3) and window.std() > 1
-  assert not np.array_equal(window[0], window[1])
-  # One view alone is the first of the two: adding views does not move the others' crops.
-  one = tfdata.random_crops(encoded, seeds[:1], 16, (0.08, 1.0), jpeg=True).numpy()
-  np.testing.assert_array_equal(one[0], window[0])
+  return tfdata.tf.constant([[7, 2 * i + v] for v in range(views)], tfdata.tf.int64)
+
+
+def _jpeg(image, **options):
+  encoded = io.BytesIO()
+  Image.fromarray(image).save(encoded, format="JPEG", **options)
+  return encoded.getvalue()
+
+
+def _rule(side, needed):
+  """The documented rule, by hand: the largest r in 1, 2, 4, 8 with side >= r * needed."""
+  return max([1] + [r for r in (2, 4, 8) if side >= r * needed])
+
+
+def _reduction_errors(encoded, full):
+  """{r: how far libjpeg's decode at 1/r is from the means of r x r blocks of the full decode}
+  (its reduced inverse DCTs round in fixed point and drop high frequencies)."""
+  from supcon_jax.data import tfdata
+  errors = {1: 0.0}
+  for r in (2, 4, 8):
+    h, w = full.shape[0] // r, full.shape[1] // r  # whole blocks only
+    means = full[:h * r, :w * r].reshape(h, r, w, r, 3).mean(axis=(1, 3))
+    reduced = tfdata.tf.io.decode_jpeg(encoded, ratio=r).numpy()[:h, :w]
+    errors[r] = np.abs(reduced - means).max()
+  return errors
+
+
+def test_crop_boxes_are_those_drawn_before_reduced_decoding():
+  from supcon_jax.data import tfdata
+  for i, boxes in enumerate(BOXES_BEFORE):
+    begin, extent = tfdata.crop_boxes(tfdata.tf.constant([*SHAPE, 3]), _seeds(i), SCALE)
+    np.testing.assert_array_equal(np.concatenate([begin, extent], axis=1), boxes)
+    # One view alone is the first of the two: adding views does not move the others' crops.
+    begin, extent = tfdata.crop_boxes(tfdata.tf.constant([*SHAPE, 3]), _seeds(i, 1), SCALE)
+    np.testing.assert_array_equal(np.concatenate([begin, extent], axis=1), boxes[:1])
+
+
+def test_reduced_edges_and_ratio_follow_the_rule():
+  from supcon_jax.data import tfdata
+  edges = np.arange(200)
+  for r in (1, 2, 4, 8):
+    reduced = tfdata._reduced_edges(tfdata.tf.constant(edges, tfdata.tf.int32), r).numpy()
+    # Reduced pixel j covers full-scale pixels [j r, (j + 1) r): every edge moves <= r / 2.
+    assert (np.abs(reduced * r - edges) <= r / 2).all(), r
+    assert (reduced <= -(-edges // r)).all()  # inside the ceil(H / r) pixels libjpeg gives
+  sides = range(1, 200)
+  got = [tfdata.RATIOS[int(tfdata._ratio_index(s, 12, tfdata.RATIOS))] for s in sides]
+  assert got == [_rule(s, 12) for s in sides]
+  # A source whose images' shorter sides are at most `side` sets up only the ratios they allow.
+  for side in (None, 23, 24, 47, 48, 95, 96, 500):
+    usable = tuple(r for r in (1, 2, 4, 8) if side is None or r <= _rule(side, 12))
+    assert tfdata.usable_ratios(side, 12) == usable, side
+
+
+def test_reduced_scale_crops_match_the_full_scale_path():
+  from supcon_jax.data import tfdata
+  tf = tfdata.tf
+  y, x = np.mgrid[:SHAPE[0], :SHAPE[1]].astype(float)
+  slope = 0.9  # the largest |d/dx| + |d/dy| of a channel, in levels per pixel
+  ramps = np.stack([60 + 0.5 * x + 0.4 * y, 40 + 0.1 * x + 0.6 * y, 200 - 0.5 * x], axis=-1)
+  encoded = _jpeg(ramps.round().astype(np.uint8), quality=95)
+  full = tf.io.decode_jpeg(encoded).numpy().astype(float)  # the full-scale path's decode
+  # Why the two paths may differ, each bound measured on this image or derived:
+  # - libjpeg's decode at 1/r against the means of r x r blocks (_reduction_errors);
+  # - the full-scale path samples single pixels, with JPEG's noise: measured against ramps;
+  # - geometry: each crop edge is rounded to the reduced grid (<= r / 2 pixels) and a crop
+  #   that ends in a partial last block reads a pixel averaged with the encoder's padding
+  #   (<= r / 2 more): at most r pixels, so slope * r levels. Bilinear interpolation is exact
+  #   on a ramp, of pixels or of block means (the mean of a ramp is its value at the centre);
+  # - each side rounds to whole levels once: 1.
+  noise, blocks = np.abs(full - ramps).max(), _reduction_errors(encoded, full)
+  # Stripes of period 2, 4 and 8 columns in R, G and B: a decode at 1/r averages the ones of
+  # period <= r flat and keeps the others, so the flat channels tell which r was used.
+  stripes = (np.arange(SHAPE[1])[:, None] // [1, 2, 4] % 2) * 120 + 68
+  striped = _jpeg(np.broadcast_to(stripes, (*SHAPE, 3)).astype(np.uint8), quality=100,
+                  subsampling=0)
+  used = []
+  for i, boxes in enumerate(BOXES_BEFORE):
+    r = _rule(boxes[:, 2:].min(), SIZE)
+    used.append(r)
+    crops = tfdata.random_crops(encoded, _seeds(i), SIZE, SCALE).numpy()
+    assert crops.shape == (2, SIZE, SIZE, 3) and crops.dtype == np.uint8
+    # Known to be a JPEG, or tested as one: the same crops.
+    np.testing.assert_array_equal(
+        tfdata.random_crops(encoded, _seeds(i), SIZE, SCALE, jpeg=True).numpy(), crops)
+    for crop, (top, left, h, w) in zip(crops, boxes):
+      want = tf.image.resize(full[top:top + h, left:left + w], [SIZE, SIZE]).numpy()
+      tolerance = blocks[r] + noise + slope * r + 1
+      assert np.abs(crop - want).max() <= tolerance, (i, r, np.abs(crop - want).max())
+    spread = tfdata.random_crops(striped, _seeds(i), SIZE, SCALE).numpy().std(axis=(1, 2))
+    spread = spread.max(axis=0)  # per channel, the larger of the two views'
+    np.testing.assert_array_equal(spread < 1, [r >= 2, r >= 4, r >= 8], err_msg=f"{i}: {spread}")
+    assert (spread[spread >= 1] > 10).all(), (i, spread)
+  assert sorted(set(used)) == [1, 2, 4, 8]  # every ratio, and full scale, was exercised
+
+
+@pytest.mark.parametrize("host_resize", [True, False])
+def test_reduced_scale_evaluation_matches_the_full_scale_path(host_resize):
+  from supcon_jax.data import tfdata
+  tf = tfdata.tf
+  h, w = 203, 267  # partial last blocks at every ratio
+  y, x = np.mgrid[:h, :w].astype(float)
+  ramps = np.stack([20 + 0.5 * x + 0.3 * y, 30 + 0.8 * y, 230 - 0.6 * x], axis=-1)
+  encoded = _jpeg(ramps.round().astype(np.uint8), quality=95)
+  full = tf.io.decode_jpeg(encoded).numpy().astype(np.float32)
+  blocks = _reduction_errors(encoded, full)
+  ratios = []
+  for size in (16, 32, 64, 128):
+    target = round(size / 0.875) if host_resize else size
+    r = _rule(min(h, w), target)
+    ratios.append(r)
+    # An independent full-scale path: JAX's antialiased bilinear resize of the full decode,
+    # then the central crop, as tfdata documents it.
+    hw = np.asarray([h, w], np.float32)
+    new = np.round(hw * target / hw.min()).astype(int) if host_resize else (size, size)
+    resized = np.asarray(jax.image.resize(full, (*new, 3), "linear", antialias=True))
+    top, left = (new[0] - size) // 2, (new[1] - size) // 2
+    want = resized[top:top + size, left:left + size]
+    got = tfdata.eval_image(tf.constant(encoded), size, host_resize).numpy()
+    assert got.shape == (size, size, 3) and got.dtype == np.uint8
+    # As for the training crops: libjpeg's reduction, and geometry on a ramp of slope 0.8:
+    # the kernel cut at the image's edge weighs r x r blocks, not pixels (<= r / 2 pixels),
+    # and a partial last block (<= r / 2 more); the full scale's antialiasing already
+    # averages its JPEG noise away; whole levels (1).
+    tolerance = blocks[r] + 0.8 * r + 1
+    assert np.abs(got - want).max() <= tolerance, (size, r, np.abs(got - want).max())
+  assert ratios == [8, 4, 2, 1]
 
 
 def _position_image(h=48, w=64):
@@ -511,6 +657,41 @@ def test_folder_reads_every_kind_of_image_upright_in_rgb(tmp_path, mesh, in_memo
   for name, image in zip(names, batch["image"]):  # a folder lists its files sorted
     want = _quadrant_colours(np.asarray(Image.fromarray(expected[name]).resize((16, 16))))
     np.testing.assert_allclose(_quadrant_colours(image), want, atol=12, err_msg=name)
+
+
+@pytest.mark.parametrize("host_resize", [True, False])
+def test_streamed_examples_never_call_python(tmp_path, mesh, host_resize):
+  # EXIF orientations are read once, when the files are listed; decoding, cropping and
+  # turning upright run as TensorFlow ops, never holding Python's lock.
+  _kinds_of_images((tmp_path / "a").mkdir() or tmp_path / "a")  # exif6.jpg among them
+  cfg = _config(source="folder", train_dir=str(tmp_path), num_classes=1, image_size=16,
+                host_resize=host_resize)
+  src = make_source(cfg, split="train", global_batch=8, mesh=mesh, seed=0)
+  assert src._orientation is not None  # the EXIF table is in the graph checked
+  graph = src._train_dataset(0, 1)._as_serialized_graph().numpy()
+  assert b"DecodeAndCropJpeg" in graph and b"PyFunc" not in graph
+
+
+def test_folder_headers_spare_each_example_what_no_image_needs(tmp_path, mesh):
+  def graph(root):
+    cfg = _config(source="folder", train_dir=str(root), num_classes=1, image_size=8,
+                  host_resize=True)
+    src = make_source(cfg, split="train", global_batch=8, mesh=mesh, seed=0)
+    return src._train_dataset(0, 1)._as_serialized_graph().numpy()
+
+  # Only JPEGs, too small to decode at 1/2 for 8 pixels: no per-example test of the format
+  # (an If), no choice of a ratio (a Case), no decoder of other formats.
+  (tmp_path / "small" / "a").mkdir(parents=True)
+  for i in range(2):
+    Image.fromarray(_quadrants(12, 15)).save(tmp_path / "small" / "a" / f"{i}.jpg")
+  ops = graph(tmp_path / "small")
+  assert b"DecodeAndCropJpeg" in ops
+  assert not [op for op in (b"StatelessIf", b"StatelessCase", b"DecodeImage") if op in ops]
+  # A PNG among them and a JPEG large enough: every image is tested, a ratio chosen.
+  Image.fromarray(_quadrants(12, 15)).save(tmp_path / "small" / "a" / "png.png")
+  Image.fromarray(_quadrants(32, 48)).save(tmp_path / "small" / "a" / "large.jpg")
+  ops = graph(tmp_path / "small")
+  assert all(op in ops for op in (b"StatelessIf", b"StatelessCase", b"DecodeImage"))
 
 
 def test_eval_sample_is_spread_over_classes_not_the_first_rows():

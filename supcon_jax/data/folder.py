@@ -8,8 +8,8 @@ evaluation split is val_per_class images per class of train_dir, chosen by
 `split_files(list_images(train_dir), val_per_class, split_seed)`; the rest train.
 
 Every file is opened before the first step: decoded whole when held in memory, its header
-read (and its EXIF orientation with it) when streamed through tf.data, so an empty or
-non-image file stops the run before any training (`read_headers`).
+read (its EXIF orientation, format and size with it) when streamed through tf.data, so an
+empty or non-image file stops the run before any training (`read_headers`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import logging
 import os
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -137,22 +138,31 @@ def _warn_if_overlapping(train_dir: str, eval_dir: str) -> None:
                   "the model trained on", eval_dir, how, train_dir)
 
 
-def _header(path: str) -> int | Exception:
-  """The file's EXIF orientation code (1, upright, where it has none), read from its header,
-  or the exception opening it raised (an empty file, not an image)."""
+class Header(NamedTuple):
+  """What a file's header says: its EXIF orientation code (1, upright, where it has none),
+  whether it is a JPEG, and its shorter side in pixels."""
+  orientation: int
+  jpeg: bool
+  shorter_side: int
+
+
+def _header(path: str) -> Header | Exception:
+  """The file's Header, or the exception opening it raised (an empty file, not an image)."""
   try:
     with Image.open(path) as image:
-      return int(image.getexif().get(_ORIENTATION, 1))
+      # PIL tells JPEGs by the bytes tf.io.is_jpeg checks; MPO: a camera's multi-picture JPEG.
+      return Header(int(image.getexif().get(_ORIENTATION, 1)), image.format in ("JPEG", "MPO"),
+                    min(image.size))
   except Exception as err:  # noqa: BLE001  PIL reports a bad header many ways
     return err
 
 
 def read_headers(files: FileList, bad_images: str = "fail"
-                 ) -> tuple[FileList, np.ndarray, int]:
+                 ) -> tuple[FileList, list[Header], int]:
   """Opens every file's header once, before any training (threads): (the files that open,
-  their EXIF orientation codes, how many were skipped). A file that does not open stops here
-  naming it, or with bad_images="skip" is left out and counted; a file whose data is damaged
-  past its header is found when it is decoded."""
+  their headers, how many were skipped). A file that does not open stops here naming it, or
+  with bad_images="skip" is left out and counted; a file whose data is damaged past its
+  header is found when it is decoded."""
   with concurrent.futures.ThreadPoolExecutor(min(32, 4 * (os.cpu_count() or 1))) as pool:
     headers = list(pool.map(_header, files.paths))
   keep = [i for i, h in enumerate(headers) if not isinstance(h, Exception)]
@@ -160,8 +170,7 @@ def read_headers(files: FileList, bad_images: str = "fail"
     if isinstance(header, Exception):
       _unreadable(path, header, bad_images)
   _count_skipped(len(files) - len(keep), len(files), files.root)
-  return (files.subset(np.asarray(keep, int)),
-          np.asarray([headers[i] for i in keep], np.int64), len(files) - len(keep))
+  return files.subset(np.asarray(keep, int)), [headers[i] for i in keep], len(files) - len(keep)
 
 
 def _unreadable(path: str, error: Exception, bad_images: str) -> None:
@@ -248,7 +257,7 @@ def make_folder_source(data_config, *, split: str, global_batch: int,
     return ArraySource(images, labels, num_classes=len(files.classes),
                        global_batch=global_batch, mesh=mesh, seed=seed, skipped=skipped)
 
-  files, orientations, skipped = read_headers(files, data_config.bad_images)
+  files, headers, skipped = read_headers(files, data_config.bad_images)
   if not len(files):
     raise ValueError(f"no readable images in {files.root}")
   from supcon_jax.data import tfdata
@@ -256,12 +265,17 @@ def make_folder_source(data_config, *, split: str, global_batch: int,
   n, p = jax.process_count(), jax.process_index()
   records = tf.data.Dataset.from_tensor_slices(
       (list(files.paths), np.asarray(files.labels, np.int32))).shard(n, p)
-  upright = tf.lookup.StaticHashTable(
-      tf.lookup.KeyValueTensorInitializer(list(files.paths), orientations), default_value=1)
+  upright = None
+  orientations = np.asarray([h.orientation for h in headers], np.int64)
+  if (orientations != 1).any():  # most folders have none: spare every example the lookup
+    upright = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+        list(files.paths), orientations), default_value=1).lookup
+  formats = {h.jpeg for h in headers}
   # Paths are cheap and sorted by class, so the shuffle buffer holds all of them.
   return tfdata.TfDataSource(
       records, host_counts=[len(range(i, len(files), n)) for i in range(n)],
       num_classes=len(files.classes), data_config=data_config, global_batch=global_batch,
       mesh=mesh, seed=seed, shuffle_buffer=len(files), crops=crops, load=tf.io.read_file,
       skip_bad=data_config.bad_images == "skip", name_of=lambda key: key.decode(),
-      orientation=upright.lookup, skipped=skipped)
+      orientation=upright, skipped=skipped, jpeg=formats.pop() if len(formats) == 1 else None,
+      shorter_side=max(h.shorter_side for h in headers))

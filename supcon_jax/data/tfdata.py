@@ -14,8 +14,10 @@ the skipped records are not decoded, so the gaps they left are not reproduced).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -26,6 +28,7 @@ from supcon_jax.data.base import EVAL_CROP, Crops, Source
 tf = tf_setup.tensorflow()
 
 ASPECT_RANGE = (3 / 4, 4 / 3)  # Inception-style random-resized crop
+RATIOS = (1, 2, 4, 8)  # the reductions libjpeg decodes at (1/r scale, in the DCT domain)
 
 
 def decode(data: tf.Tensor) -> tf.Tensor:
@@ -33,26 +36,83 @@ def decode(data: tf.Tensor) -> tf.Tensor:
   return tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
 
 
-def _to_uint8(image: tf.Tensor, size: int) -> tf.Tensor:
-  image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-  image.set_shape([size, size, 3])
-  return image
+def _to_uint8(image: tf.Tensor) -> tf.Tensor:
+  return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def usable_ratios(shorter_side: int | None, size: int) -> tuple[int, ...]:
+  """The RATIOS worth setting up for crops of `size` pixels when no image's shorter side
+  exceeds `shorter_side` (None: not known, all of them); with 1 alone, no example pays for
+  choosing one."""
+  return tuple(r for r in RATIOS if shorter_side is None or shorter_side >= r * size or r == 1)
+
+
+def _ratio_index(side: tf.Tensor, needed: int, ratios: Sequence[int]) -> tf.Tensor:
+  """The index in `ratios` of the largest r with side >= r * needed: decoded at 1/r, a side of
+  `side` pixels still has at least `needed`, so nothing is enlarged that full scale would not
+  enlarge, and what is enlarged anyway (side < needed) is decoded at full scale."""
+  larger = tf.constant(ratios[1:], tf.int32) * needed
+  return tf.reduce_sum(tf.cast(tf.cast(side, tf.int32) >= larger, tf.int32))
+
+
+def _decode_jpeg(encoded: tf.Tensor, index: tf.Tensor, window: tf.Tensor,
+                 ratios: Sequence[int]) -> tf.Tensor:
+  """`window` [top, left, height, width] of a JPEG decoded at 1/ratios[index] scale, the
+  window in that scale's pixels. libjpeg reduces in the DCT domain (an image of
+  ceil(H / r) x ceil(W / r), whose pixel j is the mean of full-scale pixels [j r, (j + 1) r)),
+  skipping most of the inverse DCT; the ratio must be static, hence one op per ratio."""
+  decodes = [functools.partial(tf.image.decode_and_crop_jpeg, encoded, window, channels=3,
+                               ratio=r) for r in ratios]
+  return decodes[0]() if len(decodes) == 1 else tf.switch_case(index, decodes)
+
+
+def _by_format(encoded: tf.Tensor, jpeg: bool | None, if_jpeg: Callable[[], Any],
+               otherwise: Callable[[], Any]) -> Any:
+  """if_jpeg() for a JPEG, otherwise() for other formats; `jpeg` True or False says which
+  every image is (a source that knows spares each example the test), None tests each."""
+  if jpeg is None:
+    return tf.cond(tf.io.is_jpeg(encoded), if_jpeg, otherwise)
+  return if_jpeg() if jpeg else otherwise()
+
+
+def _scaled_resize(image: tf.Tensor, full_hw: tf.Tensor, ratio: int | tf.Tensor,
+                   new_hw: tf.Tensor, size: int) -> tf.Tensor:
+  """The central size x size of an image of full_hw [H, W] resized to new_hw (antialiased
+  bilinear), from `image`: the same picture decoded at 1/ratio.
+
+  Full scale, this is tf.image.resize(antialias=True) and a central crop. The scale is taken
+  from full_hw / ratio, not from the decoded size ceil(full_hw / ratio), so a partial last
+  block does not stretch the picture; only the central crop's pixels are computed. An image
+  of size x size kept at that size passes untouched.
+  """
+  def scaled():
+    top_left = tf.cast((new_hw - size) // 2, tf.float32)
+    scale = tf.cast(new_hw * ratio, tf.float32) / tf.cast(full_hw, tf.float32)
+    return _to_uint8(tf.raw_ops.ScaleAndTranslate(
+        images=tf.cast(image, tf.float32)[None], size=[size, size], scale=scale,
+        translation=-top_left, kernel_type="triangle", antialias=True)[0])
+
+  untouched = tf.reduce_all(tf.concat([full_hw, new_hw], axis=0) == size)
+  return tf.ensure_shape(tf.cond(untouched, lambda: image, scaled), [size, size, 3])
+
+
+def _centre_hw(hw: tf.Tensor, size: int) -> tf.Tensor:
+  """The size the evaluation crop resizes an image of hw [H, W] to: shorter side to
+  size / EVAL_CROP, aspect kept."""
+  hw = tf.cast(hw, tf.float32)
+  return tf.cast(tf.round(hw * round(size / EVAL_CROP) / tf.reduce_min(hw)), tf.int32)
 
 
 def resize(image: tf.Tensor, size: int) -> tf.Tensor:
-  """To size x size (aspect not kept); images already that size pass untouched."""
-  same = tf.reduce_all(tf.shape(image)[:2] == size)
-  return _to_uint8(tf.cond(same, lambda: tf.cast(image, tf.float32),
-                           lambda: tf.image.resize(image, [size, size], antialias=True)), size)
+  """To size x size (aspect not kept, antialiased bilinear); images of that size pass."""
+  hw = tf.shape(image)[:2]
+  return _scaled_resize(image, hw, 1, tf.fill([2], size), size)
 
 
 def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
   """Shorter side to size / EVAL_CROP (aspect kept), then the central size x size."""
-  hw = tf.cast(tf.shape(image)[:2], tf.float32)
-  new_hw = tf.cast(tf.round(hw * round(size / EVAL_CROP) / tf.reduce_min(hw)), tf.int32)
-  image = tf.image.resize(image, new_hw, antialias=True)
-  top, left = (new_hw[0] - size) // 2, (new_hw[1] - size) // 2
-  return _to_uint8(image[top:top + size, left:left + size], size)
+  hw = tf.shape(image)[:2]
+  return _scaled_resize(image, hw, 1, _centre_hw(hw, size), size)
 
 
 def _sample_box(shape: tf.Tensor, seed: tf.Tensor, scale: Sequence[float]):
@@ -63,34 +123,88 @@ def _sample_box(shape: tf.Tensor, seed: tf.Tensor, scale: Sequence[float]):
   return begin[:2], extent[:2]
 
 
-def random_crops(encoded: tf.Tensor, seeds: tf.Tensor, size: int, scale: Sequence[float],
-                 jpeg: bool) -> tf.Tensor:
+def crop_boxes(shape: tf.Tensor, seeds: tf.Tensor,
+               scale: Sequence[float]) -> tuple[tf.Tensor, tf.Tensor]:
+  """The random-resized crop boxes of an image of `shape` [H, W, ...], one per row of `seeds`:
+  (top-left [V, 2], height-width [V, 2]) in pixels, int32. Views draw independently, so the
+  first view's box is the same however many views there are."""
+  boxes = [_sample_box(shape, seeds[v], scale) for v in range(seeds.shape[0])]
+  return tf.stack([b for b, _ in boxes]), tf.stack([e for _, e in boxes])
+
+
+def _reduced_edges(edges: tf.Tensor, r: tf.Tensor) -> tf.Tensor:
+  """Pixel edges at 1/r scale, rounded to the nearest: reduced pixel j covers full-scale
+  pixels [j r, (j + 1) r), so an edge moves by at most r / 2 full-scale pixels, a box of at
+  least r * size pixels keeps at least size, and an edge inside the image stays inside the
+  reduced one (ceil(H / r) pixels)."""
+  return (2 * edges + r) // (2 * r)
+
+
+def _jpeg_window(encoded: tf.Tensor, seeds: tf.Tensor, size: int, scale: Sequence[float],
+                 ratios: Sequence[int]):
+  """The window of a JPEG that holds every crop box, decoded at the largest of `ratios` every
+  box allows, and each box's top-left and bottom-right [V, 2] in that window's pixels."""
+  begin, extent = crop_boxes(tf.image.extract_jpeg_shape(encoded), seeds, scale)
+  index, top_left, bottom_right = 0, begin, begin + extent
+  if len(ratios) > 1:
+    index = _ratio_index(tf.reduce_min(extent), size, ratios)
+    r = tf.gather(ratios, index)
+    top_left, bottom_right = _reduced_edges(top_left, r), _reduced_edges(bottom_right, r)
+  origin = tf.reduce_min(top_left, axis=0)
+  window = tf.concat([origin, tf.reduce_max(bottom_right, axis=0) - origin], axis=0)
+  return _decode_jpeg(encoded, index, window, ratios), top_left - origin, bottom_right - origin
+
+
+def _image_window(encoded: tf.Tensor, seeds: tf.Tensor, scale: Sequence[float]):
+  """_jpeg_window for other formats: the whole image, decoded at full scale."""
+  image = decode(encoded)
+  begin, extent = crop_boxes(tf.shape(image), seeds, scale)
+  return image, begin, begin + extent
+
+
+def random_crops(encoded: tf.Tensor, seeds: tf.Tensor, size: int, scale: Sequence[float], *,
+                 jpeg: bool | None = None, ratios: Sequence[int] = RATIOS) -> tf.Tensor:
   """One random-resized crop (area fraction in `scale`) per row of `seeds`: [V, size, size, 3].
 
-  The image is decoded once for all crops; a JPEG only within the box that holds them all.
-  Bilinear resizing without antialiasing, as SimCLR's and big_vision's Inception crops: most
-  crops are enlarged, and antialiasing the others would cost half the host's throughput.
+  The image is decoded once for all crops; a JPEG only within the box that holds them all,
+  and at 1/2, 1/4 or 1/8 scale (those of `ratios`) where every crop keeps at least size x
+  size pixels there. `jpeg`: whether every image is a JPEG (True), none is (False), or each is
+  tested (None). Bilinear resizing without antialiasing, as SimCLR's and big_vision's
+  Inception crops: most crops are enlarged, and antialiasing the others would cost half the
+  host's throughput.
   """
-  image = None if jpeg else decode(encoded)
-  shape = tf.image.extract_jpeg_shape(encoded) if jpeg else tf.shape(image)
-  boxes = [_sample_box(shape, seeds[v], scale) for v in range(seeds.shape[0])]
-  top_left = tf.reduce_min(tf.stack([b for b, _ in boxes]), axis=0)
-  if jpeg:
-    bottom_right = tf.reduce_max(tf.stack([b + e for b, e in boxes]), axis=0)
-    window = tf.concat([top_left, bottom_right - top_left], axis=0)
-    image = tf.image.decode_and_crop_jpeg(encoded, window, channels=3)
-  else:
-    top_left = tf.zeros_like(top_left)
-  crops = [tf.slice(image, tf.concat([b - top_left, [0]], 0), tf.concat([e, [3]], 0))
-           for b, e in boxes]
-  return tf.stack([_to_uint8(tf.image.resize(c, [size, size]), size)
-                   for c in crops])
+  image, top_left, bottom_right = _by_format(
+      encoded, jpeg, lambda: _jpeg_window(encoded, seeds, size, scale, ratios),
+      lambda: _image_window(encoded, seeds, scale))
+  # ResizeBilinear interpolates float32 faster than uint8, even counting the cast (measured:
+  # 0.48 ms against 0.78 for two 224-px views).
+  crops = [tf.image.resize(tf.cast(image[top_left[v, 0]:bottom_right[v, 0],
+                                         top_left[v, 1]:bottom_right[v, 1]], tf.float32),
+                           [size, size]) for v in range(seeds.shape[0])]
+  return _to_uint8(tf.stack(crops))
 
 
-def eval_image(encoded: tf.Tensor, size: int, host_resize: bool) -> tf.Tensor:
-  """The evaluation transform: centre crop (host_resize) or a plain resize to size x size."""
-  image = decode(encoded)
-  return center_crop(image, size) if host_resize else resize(image, size)
+def eval_image(encoded: tf.Tensor, size: int, host_resize: bool, *, jpeg: bool | None = None,
+               ratios: Sequence[int] = RATIOS) -> tf.Tensor:
+  """The evaluation transform: centre crop (host_resize) or a plain resize to size x size.
+
+  A JPEG is decoded at the largest of `ratios` that keeps the resize a reduction (the shorter
+  side at least the size it is resized to); `jpeg` as for random_crops.
+  """
+  def reduced():
+    hw = tf.image.extract_jpeg_shape(encoded)[:2]
+    new_hw = _centre_hw(hw, size) if host_resize else tf.fill([2], size)
+    needed = round(size / EVAL_CROP) if host_resize else size
+    index = _ratio_index(tf.reduce_min(hw), needed, ratios)
+    r = tf.gather(ratios, index)
+    image = _decode_jpeg(encoded, index, tf.concat([[0, 0], -(-hw // r)], axis=0), ratios)
+    return _scaled_resize(image, hw, r, new_hw, size)
+
+  def whole():
+    image = decode(encoded)
+    return center_crop(image, size) if host_resize else resize(image, size)
+
+  return _by_format(encoded, jpeg, reduced, whole)
 
 
 def orient(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
@@ -135,9 +249,10 @@ class TfDataSource(Source):
   def __init__(self, records: tf.data.Dataset, *, host_counts: Sequence[int],
                num_classes: int, data_config, global_batch: int, mesh: jax.sharding.Mesh,
                seed: int, shuffle_buffer: int, crops: Crops,
-               load: Callable[[tf.Tensor], tf.Tensor] | None = None, jpeg: bool = False,
+               load: Callable[[tf.Tensor], tf.Tensor] | None = None,
                skip_bad: bool = False, name_of: Callable[[bytes], str] | None = None,
-               orientation: Callable[[tf.Tensor], tf.Tensor] | None = None, skipped: int = 0):
+               orientation: Callable[[tf.Tensor], tf.Tensor] | None = None, skipped: int = 0,
+               jpeg: bool | None = None, shorter_side: int | None = None):
     """records: this host's (key, label int32) in a fixed order; `load(key)` gives the
     encoded image (key is the encoded image when load is None, a path for folders).
     host_counts: records of every process. shuffle_buffer: records in the shuffle buffer
@@ -145,7 +260,10 @@ class TfDataSource(Source):
     crops drawn here when data_config.host_resize. name_of: key -> file name; given, a
     decode failure is traced back to its file and raised as a ValueError naming it.
     orientation: key -> EXIF orientation code, applied after decoding. skipped: records
-    left out as unreadable before this source was made."""
+    left out as unreadable before this source was made. jpeg: whether every image is a JPEG
+    (True), none is (False) or unknown (None: each is tested). shorter_side: the largest
+    shorter side of any image, where known: the reduced JPEG decodes no image can use are
+    left out of the graph."""
     self._host_batch = sharding.host_batch_size(global_batch, mesh)
     self.num_examples, self.num_classes = int(sum(host_counts)), num_classes
     size = data_config.image_size
@@ -158,8 +276,9 @@ class TfDataSource(Source):
     self._seed = rngs.host_seed(seed, "data")
     self._sample_seed = rngs.host_seed(seed, "eval_sample")
     self._load = load or (lambda key: key)
-    self._jpeg, self._skip_bad, self._name_of = jpeg, skip_bad, name_of
+    self._skip_bad, self._name_of = skip_bad, name_of
     self._shuffle_buffer, self._crops, self._orientation = shuffle_buffer, crops, orientation
+    self._decoding = {"jpeg": jpeg, "ratios": usable_ratios(shorter_side, size)}
 
   def _epoch_seed(self, epoch):
     return self._seed + epoch
@@ -178,14 +297,16 @@ class TfDataSource(Source):
       example = index * jax.process_count() + jax.process_index()
       seeds = tf.stack([tf.fill([views], epoch_seed),
                         example * views + tf.range(views, dtype=tf.int64)], axis=1)
-      image = random_crops(self._load(key), seeds, c.image_size, self._crops.scale, self._jpeg)
+      image = random_crops(self._load(key), seeds, c.image_size, self._crops.scale,
+                           **self._decoding)
       image = image if views > 1 else image[0]
     else:
-      image = resize(decode(self._load(key)), c.image_size)
+      image = eval_image(self._load(key), c.image_size, False, **self._decoding)
     return {"image": self._upright(image, key), "label": label, "index": index}
 
   def _eval_example(self, key, label):
-    image = eval_image(self._load(key), self._config.image_size, self._config.host_resize)
+    image = eval_image(self._load(key), self._config.image_size, self._config.host_resize,
+                       **self._decoding)
     return {"image": self._upright(image, key), "label": label, "mask": tf.constant(1.0)}
 
   def _finish(self, ds: tf.data.Dataset) -> tf.data.Dataset:

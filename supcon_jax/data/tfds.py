@@ -46,8 +46,11 @@ def make_tfds_source(data_config, *, split: str, global_batch: int,
   host_counts = [int(records(s).cardinality()) for s in host_splits]
   if min(host_counts) < 0:
     raise ValueError(f"TFDS {data_config.name} split {split_name!r} has no known size")
+  image = features["image"]
+  height, width = image.shape[:2]  # None where the images' sizes differ
   return tfdata.TfDataSource(
       records(host_splits[jax.process_index()]), host_counts=host_counts,
       num_classes=num_classes, data_config=data_config, global_batch=global_batch, mesh=mesh,
       seed=seed, shuffle_buffer=data_config.shuffle_buffer, crops=crops,
-      jpeg=features["image"].encoding_format == "jpeg")
+      jpeg={"jpeg": True, "png": False}.get(image.encoding_format),  # None: stored as given
+      shorter_side=None if None in (height, width) else min(height, width))
