@@ -210,11 +210,16 @@ def test_the_online_probe_learns_without_touching_the_encoder():
   tx, _ = optim.make_optimizer(c.optim, batch_size=32, steps_per_epoch=4, total_steps=40)
   method = methods.get("supcon")
 
+  steps_of = {}  # one compiled step per config: a continued run reuses its program
+
   def run(config, steps, state=None):
     model = method.build_model(config, 4)
     if state is None:
       state = train.create_state(*train.init_model(model, 0, images.shape[1:], mesh), tx, mesh)
-    step = train.make_step(method.loss_fn(config, model, mesh), tx, mesh)
+    key = config.probe.enabled
+    if key not in steps_of:
+      steps_of[key] = train.make_step(method.loss_fn(config, model, mesh), tx, mesh)
+    step = steps_of[key]
     stream, rng = source.train_batches(int(state.step)), jax.random.key(0)
     for _ in range(steps):
       state, _ = step(state, next(stream), rng)
