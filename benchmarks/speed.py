@@ -83,6 +83,8 @@ class Case:
   image_size: int = 32
   batch: int = 512  # samples per step; images per step = batch * views
   views: int = 2
+  small_views: int = 0  # multi-crop: small crops per sample beside `views` (config.augment)
+  small_size: int = 96
   dtype: str = "bfloat16"
   augment: str = "simaugment"
   optimizer: str = "lars"
@@ -186,6 +188,7 @@ def bench_config(case: Case) -> ml_collections.ConfigDict:
   c.model.dtype = case.dtype
   c.data.image_size, c.data.num_classes = case.image_size, case.num_classes
   c.augment.policy, c.augment.n_views = case.augment, case.views
+  c.augment.small_views, c.augment.small_size = case.small_views, case.small_size
   c.loss.block_size = case.block_size
   c.optim.name = case.optimizer
   c.batch_size = case.batch
@@ -237,8 +240,9 @@ def run_compile(case: Case) -> list[dict[str, Any]]:
   start = time.perf_counter()
   compiled = step.lower(*_abstract_inputs(case, config, method, model, tx, mesh)).compile()
   return [{"case": "compile", "label": case.label, "model": _model_name(case),
-           "batch": case.batch, "views": method.views(config), "dtype": case.dtype,
-           "chunk_size": case.chunk_size, "devices": mesh.devices.size,
+           "batch": case.batch, "views": method.views(config),
+           "small_views": method.small_views(config), "small_size": case.small_size,
+           "dtype": case.dtype, "chunk_size": case.chunk_size, "devices": mesh.devices.size,
            "platform": mesh.devices.flat[0].platform,
            "compile_s": time.perf_counter() - start, **_xla_memory(compiled)}]
 
@@ -251,7 +255,7 @@ def _compiled_step(case: Case, config: ml_collections.ConfigDict, mesh: jax.shar
   state = method.initial_state(config, model, tx, image_shape, mesh)
   jax.block_until_ready(state)
   init_s = time.perf_counter() - start
-  views = method.views(config)
+  views, small_views = method.views(config), method.small_views(config)
   step = train.make_step(method.loss_fn(config, model, mesh), tx, mesh, donate=case.donate)
   rng = np.random.default_rng(0)  # random pixels: zeros can run faster than real images
   batch = sharding.to_global(
@@ -261,7 +265,7 @@ def _compiled_step(case: Case, config: ml_collections.ConfigDict, mesh: jax.shar
   start = time.perf_counter()
   compiled = step.lower(state, batch, key).compile()
   fields = {"init_s": init_s, "compile_s": time.perf_counter() - start, "views": views,
-            **_xla_memory(compiled)}
+            "small_views": small_views, **_xla_memory(compiled)}
   return compiled, state, batch, key, fields
 
 
@@ -298,10 +302,14 @@ def _step_row(case: Case, fields: dict[str, Any], per_step: list[float], device,
          "peak_bytes": _memory_stats(device).get("peak_bytes_in_use"),
          **_timing(per_step, images), **fields}
   row["gflop_per_image"] = train_flops_per_image(case) / 1e9
+  # Multi-crop's small views (counted in no images/s) add their own FLOPs to each sample.
+  small = fields.get("small_views", 0) / fields["views"] * train_flops_per_image(
+      dataclasses.replace(case, image_size=case.small_size)) / 1e9
+  row["small_views"], row["small_size"] = fields.get("small_views", 0), case.small_size
   peak = case.peak_tflops or peak_tflops(device.device_kind, case.dtype)
   row["peak_tflops"] = peak
   row["mfu"] = (None if peak is None else
-                row["gflop_per_image"] * 1e9 * row["images_per_s"]
+                (row["gflop_per_image"] + small) * 1e9 * row["images_per_s"]
                 / (peak * 1e12 * row["devices"]))
   return row
 
@@ -479,6 +487,12 @@ def _fmt(value: Any, spec: str, scale: float = 1.0) -> str:
   return "n/a" if value is None else format(value / scale, spec)
 
 
+def _views(row: dict[str, Any]) -> str:
+  small = row.get("small_views")
+  return f"{row['batch']} x {row['views']}" + (
+      f" + {small} x {row['small_size']} px" if small else "")
+
+
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
   """A Markdown table of the rows, as docs/performance.md shows them."""
   header = ["case", "model", "batch x views", "dtype", "images/s", "step ms", "compile s",
@@ -490,7 +504,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
                    + [""] * (len(header) - 5))
       continue
     if r["case"] == "compile":
-      lines.append([r["case"], r["model"], f"{r['batch']} x {r['views']}", r["dtype"], "—", "—",
+      lines.append([r["case"], r["model"], _views(r), r["dtype"], "—", "—",
                     f"{r['compile_s']:.1f}", "—", "—", "",
                     f"chunk {r['chunk_size'] or 'off'}: XLA temp "
                     f"{_fmt(r['xla_temp_bytes'], '.2f', GIB)} GiB, arguments "
@@ -504,7 +518,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
               f"XLA temp {_fmt(r['xla_temp_bytes'], '.3f', GIB)} GiB")
     mfu = "n/a" if r.get("mfu") is None else f"{100 * r['mfu']:.1f}%"
     speedup = "" if r.get("speedup") is None else f"{r['speedup']:.2f}x"
-    lines.append([r["case"], r["model"], f"{r['batch']} x {r['views']}", r["dtype"],
+    lines.append([r["case"], r["model"], _views(r), r["dtype"],
                   _fmt(r.get("images_per_s"), ",.0f"), f"{r['step_ms']:.2f}",
                   f"{r['compile_s']:.1f}", _fmt(r["peak_bytes"], ".2f", GIB), mfu, speedup,
                   note])
@@ -540,6 +554,10 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--image-size", type=int, default=d.image_size)
   p.add_argument("--batch", type=int, default=d.batch, help="samples per step (global)")
   p.add_argument("--views", type=int, default=d.views)
+  p.add_argument("--small-views", type=int, default=d.small_views,
+                 help="multi-crop: small crops per sample beside --views (config.augment)")
+  p.add_argument("--small-size", type=int, default=d.small_size,
+                 help="multi-crop: the small crops' side in pixels")
   p.add_argument("--dtype", choices=models.DTYPES, default=d.dtype,
                  help="compute dtype; parameters stay float32")
   p.add_argument("--augment", choices=augment.POLICIES, default=d.augment)

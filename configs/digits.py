@@ -46,6 +46,13 @@ def get_config():
   c.linear.optim.name = "sgd"
   c.linear.optim.base_lr = 1.0
 
+  # --config.stage=finetune afterwards: the whole network and a fresh classifier, the same
+  # crops (no flips), SGD with Nesterov momentum.
+  c.finetune.epochs = 30
+  c.finetune.batch_size = 256
+  c.finetune.crop_scale = (0.5, 1.0)
+  c.finetune.optim.base_lr = 0.1
+
   c.eval_every_epochs = 10
   c.knn.num_train = 2000
   c.log_every_steps = 10

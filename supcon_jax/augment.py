@@ -57,11 +57,14 @@ ViewFn = Callable[[jax.Array, jax.Array], jax.Array]
 # ------------------------------------------------------------------ random resized crop
 
 
-def _interp_axis(img: jax.Array, axis: int, start, length) -> jax.Array:
-  # Linear resampling of pixels [start, start + length) onto the whole axis: half-pixel
-  # centres, clamped to the box (torchvision: crop, then resize with align_corners=False).
+def _interp_axis(img: jax.Array, axis: int, start, length, size: int | None = None
+                 ) -> jax.Array:
+  # Linear resampling of pixels [start, start + length) onto `size` pixels (the whole axis by
+  # default): half-pixel centres, clamped to the box (torchvision: crop, then resize with
+  # align_corners=False).
   n = img.shape[axis]
-  src = start + (jnp.arange(n, dtype=jnp.float32) + 0.5) * (length / n) - 0.5
+  size = size or n
+  src = start + (jnp.arange(size, dtype=jnp.float32) + 0.5) * (length / size) - 0.5
   src = jnp.clip(src, start, start + length - 1.0)
   lo = jnp.floor(src).astype(jnp.int32)
   hi = jnp.minimum(lo + 1, n - 1)
@@ -69,10 +72,12 @@ def _interp_axis(img: jax.Array, axis: int, start, length) -> jax.Array:
   return (1 - frac) * jnp.take(img, lo, axis=axis) + frac * jnp.take(img, hi, axis=axis)
 
 
-def resized_crop(img: jax.Array, top, left, height, width) -> jax.Array:
-  """Crop the box and resize it bilinearly back to the image size (never a downscale)."""
-  img = _interp_axis(img, 0, jnp.float32(top), jnp.float32(height))
-  return _interp_axis(img, 1, jnp.float32(left), jnp.float32(width))
+def resized_crop(img: jax.Array, top, left, height, width, size: int | None = None
+                 ) -> jax.Array:
+  """Crop the box and resize it bilinearly to size x size (default: back to the image size,
+  never a downscale; multi-crop's small views are mostly enlarged too)."""
+  img = _interp_axis(img, 0, jnp.float32(top), jnp.float32(height), size)
+  return _interp_axis(img, 1, jnp.float32(left), jnp.float32(width), size)
 
 
 def _fallback_box(h: int, w: int, ratio: tuple[float, float]) -> tuple[int, int]:
@@ -85,8 +90,10 @@ def _fallback_box(h: int, w: int, ratio: tuple[float, float]) -> tuple[int, int]
 
 
 def random_resized_crop(key: jax.Array, img: jax.Array, scale=(0.08, 1.0),
-                        ratio=(3 / 4, 4 / 3), attempts: int = 10) -> jax.Array:
-  """torchvision's RandomResizedCrop: area fraction ~ U(scale), log aspect ~ U(log ratio).
+                        ratio=(3 / 4, 4 / 3), attempts: int = 10, size: int | None = None
+                        ) -> jax.Array:
+  """torchvision's RandomResizedCrop: area fraction ~ U(scale), log aspect ~ U(log ratio),
+  resized to size x size (default: the image's size).
 
   The first of `attempts` sampled boxes that fits is used (all are drawn at once, no
   loop); if none fits, the centred fallback box.
@@ -110,7 +117,7 @@ def random_resized_crop(key: jax.Array, img: jax.Array, scale=(0.08, 1.0),
     return jnp.where(found, jnp.minimum(jnp.floor(u * (room + 1)), room), room // 2)
 
   top, left = offset(u[-2], h - ch), offset(u[-1], w - cw)
-  return resized_crop(img, top, left, ch, cw)
+  return resized_crop(img, top, left, ch, cw, size)
 
 
 # ------------------------------------------------------------------------- flip, grey
@@ -231,19 +238,21 @@ def random_gaussian_blur(key: jax.Array, img: jax.Array,
 # ----------------------------------------------------------------------------- views
 
 
-def _crop_flip_view(cfg) -> ViewFn:
+def _crop_flip_view(cfg, size: int | None) -> ViewFn:
   scale, flip_p = tuple(cfg.crop_scale), float(cfg.flip_prob)
-  whole = scale == (1.0, 1.0)  # no crop: the host has already cropped this view
+  # No crop: the host has already cropped this view, to its size.
+  whole = scale == (1.0, 1.0) and size is None
 
   def view(key, img):
     # The flip key is split off even when flip_p is 0, so other keys do not depend on it.
     k_crop, k_flip = jax.random.split(key)
-    return random_flip(k_flip, img if whole else random_resized_crop(k_crop, img, scale), flip_p)
+    crop = img if whole else random_resized_crop(k_crop, img, scale, size=size)
+    return random_flip(k_flip, crop, flip_p)
   return view
 
 
-def _simaugment_view(cfg) -> ViewFn:
-  crop_flip = _crop_flip_view(cfg)
+def _simaugment_view(cfg, size: int | None) -> ViewFn:
+  crop_flip = _crop_flip_view(cfg, size)
   s = float(cfg.jitter)
   jitter_p, grey_p, blur_p = float(cfg.jitter_prob), float(cfg.grayscale_prob), float(cfg.blur_prob)
 
@@ -257,9 +266,10 @@ def _simaugment_view(cfg) -> ViewFn:
   return view
 
 
-def _policy_view(cfg, policy: Callable[[jax.Array, jax.Array], jax.Array]) -> ViewFn:
+def _policy_view(cfg, size: int | None,
+                 policy: Callable[[jax.Array, jax.Array], jax.Array]) -> ViewFn:
   # As the SupCon reference: random-resized crop and flip first, then the policy.
-  crop_flip = _crop_flip_view(cfg)
+  crop_flip = _crop_flip_view(cfg, size)
 
   def view(key, img):
     k_geo, k_policy = jax.random.split(key)
@@ -267,16 +277,16 @@ def _policy_view(cfg, policy: Callable[[jax.Array, jax.Array], jax.Array]) -> Vi
   return view
 
 
-def _make_view(cfg) -> ViewFn | None:
+def _make_view(cfg, size: int | None) -> ViewFn | None:
   if cfg.policy == "simaugment":
-    return _simaugment_view(cfg)
+    return _simaugment_view(cfg, size)
   if cfg.policy == "randaugment":
     num_ops, magnitude = int(cfg.ra_num_ops), float(cfg.ra_magnitude)
-    return _policy_view(cfg, lambda k, x: randaugment(k, x, num_ops, magnitude))
+    return _policy_view(cfg, size, lambda k, x: randaugment(k, x, num_ops, magnitude))
   if cfg.policy == "autoaugment":
-    return _policy_view(cfg, autoaugment)
+    return _policy_view(cfg, size, autoaugment)
   if cfg.policy == "cropflip":
-    return _crop_flip_view(cfg)
+    return _crop_flip_view(cfg, size)
   return None  # "none"
 
 
@@ -303,6 +313,17 @@ def check_config(cfg: Any, name: str = "augment") -> None:
     fail("ra_num_ops", cfg.ra_num_ops, "an integer >= 0")
   if not 0 <= cfg.ra_magnitude <= 10:
     fail("ra_magnitude", cfg.ra_magnitude, "a magnitude in [0, 10]")
+  small = getattr(cfg, "small_views", 0)  # the linear stage's augment block has none
+  if not isinstance(small, int) or small < 0:
+    fail("small_views", small, "an integer >= 0")
+  if small:
+    if cfg.policy == "none":
+      fail("policy", cfg.policy, "a cropping policy with small_views (multi-crop)")
+    lo_hi = tuple(cfg.small_crop_scale)
+    if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
+      fail("small_crop_scale", cfg.small_crop_scale, "(lo, hi) with 0 < lo <= hi <= 1")
+    if not isinstance(cfg.small_size, int) or cfg.small_size < 1:
+      fail("small_size", cfg.small_size, "a side in pixels >= 1")
 
 
 def normaliser(mean: Sequence[float],
@@ -328,13 +349,14 @@ def _to_unit_float(images: jax.Array, channels: int) -> jax.Array:
 # ------------------------------------------------------------------------ public API
 
 
-def make_view_augment(augment_config, *, mean: Sequence[float],
-                      std: Sequence[float]) -> Callable[[jax.Array, jax.Array], jax.Array]:
+def make_view_augment(augment_config, *, mean: Sequence[float], std: Sequence[float],
+                      size: int | None = None) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """fn(keys [N], uint8 [N, H, W, C]) -> normalised float32 [N, H, W, C]: one view of each
   image, drawn with its own key. Row by row: a subset of the rows gives those rows of the
-  whole (what lets the training step augment chunk by chunk)."""
+  whole (what lets the training step augment chunk by chunk). `size`: the side the crop is
+  resized to (None: the images' own)."""
   check_config(augment_config)
-  view = _make_view(augment_config)
+  view = _make_view(augment_config, size)
   normalise = normaliser(mean, std)
   channels = len(mean)
 
@@ -381,19 +403,27 @@ def make_train_augment(augment_config, *, mean: Sequence[float],
 
 
 def from_config(config: Any, *, host_cropped: bool = False, per_view: bool = False,
-                **overrides: Any) -> Callable[[jax.Array, jax.Array], jax.Array]:
+                small: bool = False, **overrides: Any
+                ) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """`make_train_augment` of `config.augment` (`make_view_augment` if `per_view`),
   normalised with `config.data`'s statistics.
 
   `overrides` replace fields of `config.augment` (e.g. `n_views=1` for a single view). With
   `host_cropped` (see `data.crops_on_host`) the images arrive cropped, each view its own
   random-resized crop, and the device only flips and applies the policy: it never crops twice.
+  `small` (with `per_view`): multi-crop's small views, cropped with `augment.small_crop_scale`
+  to `augment.small_size` pixels (by the host where `host_cropped`), the policy otherwise the
+  same.
   """
   fields = types.SimpleNamespace(**{**config.augment.to_dict(), **overrides})
+  size = None
+  if small:
+    fields.crop_scale, size = tuple(fields.small_crop_scale), fields.small_size
   if host_cropped:
-    fields.crop_scale = (1.0, 1.0)
-  make = make_view_augment if per_view else make_train_augment
-  return make(fields, mean=config.data.mean, std=config.data.std)
+    fields.crop_scale, size = (1.0, 1.0), None
+  if per_view:
+    return make_view_augment(fields, mean=config.data.mean, std=config.data.std, size=size)
+  return make_train_augment(fields, mean=config.data.mean, std=config.data.std)
 
 
 def make_eval_transform(*, mean: Sequence[float],

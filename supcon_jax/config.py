@@ -35,6 +35,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.bad_images = "fail"  # folder source: fail | skip unreadable images
   c.data.image_size = 32  # training and evaluation size (square)
   c.data.num_classes = 10
+  # tfds / folder: only these classes (TFDS label names, e.g. ImageNet's WordNet ids, or
+  # sub-folder names), labelled 0, 1, ... in this order; () = every class of the dataset.
+  c.data.classes = ()
   c.data.mean = (0.4914, 0.4822, 0.4465)  # per channel, pixels / 255
   c.data.std = (0.2470, 0.2435, 0.2616)
   # Images of mixed sizes (ImageNet): streamed training images get each view's random-resized
@@ -44,6 +47,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.shuffle_buffer = 10_000
   c.data.prefetch = 2
   c.data.in_memory = False  # tfds/folder: decode once, then serve from device memory (CIFAR-size)
+  # This fraction of the training labels replaced by a uniformly drawn other class, fixed per
+  # example for the whole run (the official code's label-noise study); evaluation labels are
+  # never changed. data/base.py says how.
+  c.data.label_noise = 0.0
+  # The stages that train with labels on top of an encoder (the linear classifier, stage all's
+  # too, and fine-tuning) see only some training labels: a class-balanced fraction in (0, 1]
+  # chosen by the seed, or the examples a file lists, one name a line (SimCLR's ImageNet
+  # 1% / 10% lists). Pre-training, kNN and evaluation read whole splits (data/labelled.py).
+  c.data.label_fraction = 1.0
+  c.data.label_list = ""
 
   c.model = ml_collections.ConfigDict()
   c.model.depth = 18
@@ -65,6 +78,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.blur_prob = 0.0  # SimCLR ImageNet uses 0.5
   c.augment.ra_num_ops = 2
   c.augment.ra_magnitude = 9
+  # Multi-crop (SwAV, solo-learn): besides the n_views crops, small_views crops of
+  # small_size pixels covering small_crop_scale of the image, each size its own batch through
+  # the same network, all contrasted in the loss (SwAV: 6 x 96 px, scale (0.05, 0.14), beside
+  # 2 x 224). 0 = off.
+  c.augment.small_views = 0
+  c.augment.small_size = 96
+  c.augment.small_crop_scale = (0.05, 0.14)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.temperature = 0.1
@@ -128,6 +148,26 @@ def base_config() -> ml_collections.ConfigDict:
   c.linear.optim.nesterov = False
   c.linear.optim.trust_coefficient = 0.001
 
+  # stage=finetune: the trained encoder (this workdir's, or linear.encoder_workdir's at
+  # linear.encoder_step) and a fresh linear classifier trained together with cross-entropy on
+  # this config's dataset, BatchNorm in training mode (the paper's transfer protocol, after
+  # Kornblith et al. 2019), in <workdir>/finetune.
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.epochs = 30.0
+  c.finetune.batch_size = 256
+  c.finetune.augment = "cropflip"  # cropflip | none
+  c.finetune.crop_scale = (0.08, 1.0)
+  c.finetune.label_smoothing = 0.0
+  c.finetune.optim = ml_collections.ConfigDict()
+  c.finetune.optim.name = "sgd"
+  c.finetune.optim.base_lr = 0.05  # learning rate = base_lr * batch_size / 256
+  c.finetune.optim.warmup_epochs = 0.0
+  c.finetune.optim.max_warmup_fraction = 0.2
+  c.finetune.optim.momentum = 0.9
+  c.finetune.optim.weight_decay = 1e-4
+  c.finetune.optim.nesterov = True
+  c.finetune.optim.trust_coefficient = 0.001
+
   # A linear classifier on r trained during pre-training from the same views (contrastive
   # methods): behind a stop-gradient an online probe, whose accuracy shows at every
   # evaluation and in results.json as probe_top1; without it (stop_gradient=False),
@@ -153,6 +193,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.knn.k = 20
   c.knn.temperature = 0.1
   c.knn.num_train = 5_000  # training images in the memory bank
+  # After the final evaluation, also the kNN the self-supervised literature reports: the
+  # whole training split as the memory bank, k = 200 and votes exp(sim / 0.07) as InstDisc
+  # (Wu et al. 2018) and solo-learn, in results.json as knn_full_top1. The bank is streamed
+  # through in blocks of block_size rows (queries too) with a running top-k, so memory does
+  # not grow with the training split (ImageNet: 1.28M rows).
+  c.knn.full_bank = False
+  c.knn.full_k = 200
+  c.knn.full_temperature = 0.07
+  c.knn.block_size = 8_192
 
   # > 0: cut pre-training epochs to what fits in this many seconds for the whole run,
   # measured after compilation (see budget.py); time_reserve_s is kept for linear eval.
@@ -177,9 +226,11 @@ def base_config() -> ml_collections.ConfigDict:
 # checkpoints would continue another run). Everything else may change on resume: epochs,
 # time budget, logging, checkpoint and evaluation settings, the linear stage, loss.block_size
 # (memory only), data.in_memory and paths.
-IDENTITY = ("method", "batch_size", "model", "loss", "optim", "augment.n_views", "data.source",
+IDENTITY = ("method", "batch_size", "model", "loss", "optim", "augment.n_views",
+            "augment.small_views", "augment.small_size", "data.source",
             "data.name", "data.num_classes", "data.image_size", "data.host_resize",
-            "data.val_per_class", "data.split_seed", "data.mean", "data.std",
+            "data.val_per_class", "data.split_seed", "data.mean", "data.std", "data.label_noise",
+            "data.classes",
             "encoder_chunk_size", "moco", "probe")
 _NOT_IDENTITY = ("loss.block_size",)
 

@@ -1,11 +1,13 @@
-"""Evaluation of a trained model on a split: its outputs, kNN top-1 on r, top-k accuracy,
-and the monitor that evaluates during training. The linear classifier of the linear stage is
-linear_probe.py's; pictures are plotting.py's.
+"""Evaluation of a trained model on a split: its outputs, kNN top-1 on r (on a sample of the
+training split, or over all of it in blocks), top-k accuracy, and the monitor that evaluates
+during training. The linear classifier of the linear stage is linear_probe.py's; pictures are
+plotting.py's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -26,14 +28,24 @@ def encode(model: TrainedModel, batches: Iterator[dict[str, jax.Array]], *,
 
   Returns host arrays, each output float32 [N, D], and "label" [N], without padding rows.
   """
-  parts = []
+  parts = list(_encoded(model, batches, outputs))
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _encoded(model: TrainedModel, batches: Iterator[dict[str, jax.Array]],
+             outputs: Sequence[str]) -> Iterator[dict[str, np.ndarray]]:
+  """`encode`, batch by batch: what a pass over a split too large to hold at once needs."""
   for batch in batches:
     out = {**model.outputs(batch["image"], outputs), "label": batch["label"],
            "mask": batch["mask"]}
     out = jax.tree.map(np.asarray, multihost_utils.process_allgather(out, tiled=True))
     keep = out.pop("mask") > 0
-    parts.append({k: v[keep] for k, v in out.items()})
-  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    yield {k: v[keep] for k, v in out.items()}
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+  """Rows scaled to unit length (zero rows stay zero): their dot products are cosines."""
+  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def knn_top1(bank: np.ndarray, bank_labels: np.ndarray, query: np.ndarray,
@@ -41,8 +53,7 @@ def knn_top1(bank: np.ndarray, bank_labels: np.ndarray, query: np.ndarray,
   """Weighted cosine kNN (Wu et al. 2018, as in SimCLR/MoCo monitors); top-1 in percent."""
   if not 1 <= k <= len(bank):
     raise ValueError(f"knn.k={k} needs 1 <= k <= the {len(bank)} images of the memory bank")
-  bank = jnp.asarray(bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), 1e-12))
-  query = jnp.asarray(query / np.maximum(np.linalg.norm(query, axis=1, keepdims=True), 1e-12))
+  bank, query = jnp.asarray(_unit(bank)), jnp.asarray(_unit(query))
   bank_onehot = jax.nn.one_hot(jnp.asarray(bank_labels), num_classes)
 
   @jax.jit
@@ -63,6 +74,115 @@ def knn_accuracy(config: ml_collections.ConfigDict, model: TrainedModel, train_s
   return knn_top1(bank["repr"], bank["label"], eval_out["repr"], eval_out["label"],
                   k=config.knn.k, temperature=config.knn.temperature,
                   num_classes=config.data.num_classes)
+
+
+def knn_predictions(bank: Iterable[tuple[np.ndarray, np.ndarray]], query: np.ndarray, *,
+                    k: int, temperature: float, num_classes: int, block_size: int,
+                    query_block_size: int | None = None) -> np.ndarray:
+  """The weighted cosine kNN's class [Q] for every query row (as `knn_top1` predicts) against
+  a memory bank given as (features [n, D], labels [n]) parts of any sizes, e.g. batch by
+  batch as a pass over the training split encodes them, never held whole.
+
+  The bank's rows are regrouped into blocks of `block_size` and the queries into blocks of
+  `query_block_size` (default: block_size), the last of each padded, so one program serves
+  every block; each query keeps its k most similar rows so far, merged with each new block's.
+  The memory used is the queries' (and their [Q, k] running neighbours) plus one block
+  against one query block, whatever the bank's size.
+  """
+  query_block_size = query_block_size or block_size
+  unit = _pad_rows(_unit(np.asarray(query, np.float32)), query_block_size)
+  queries = jnp.asarray(unit.reshape(-1, query_block_size, unit.shape[-1]))
+  # The k best so far of every query: similarity -inf (no neighbour yet) weighs exp(-inf) = 0.
+  sims = jnp.full(queries.shape[:2] + (k,), -jnp.inf, jnp.float32)
+  labels = jnp.zeros(queries.shape[:2] + (k,), jnp.int32)
+  seen = 0
+  for feats, feat_labels in _row_blocks(bank, block_size):
+    valid = np.arange(block_size) < len(feats)
+    sims, labels = _merge_block(sims, labels, queries,
+                                jnp.asarray(_pad_rows(_unit(feats), block_size)),
+                                jnp.asarray(_pad_rows(feat_labels.astype(np.int32), block_size)),
+                                jnp.asarray(valid))
+    seen += len(feats)
+  if not 1 <= k <= seen:
+    raise ValueError(f"knn.full_k={k} needs 1 <= k <= the {seen} images of the memory bank")
+  preds = np.asarray(_vote(sims, labels, jnp.float32(temperature), num_classes)).reshape(-1)
+  return preds[:len(query)]
+
+
+def _pad_rows(x: np.ndarray, multiple: int) -> np.ndarray:
+  """`x` with zero rows appended up to a multiple of `multiple` rows."""
+  return np.pad(x, [(0, -len(x) % multiple)] + [(0, 0)] * (x.ndim - 1))
+
+
+def _row_blocks(parts: Iterable[tuple[np.ndarray, np.ndarray]], size: int
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """The rows of `parts`, (features, labels) of any sizes, regrouped in their order into
+  blocks of `size` rows; the last block holds what is left."""
+  feats, labels, held = [], [], 0
+  for f, y in parts:
+    feats.append(np.asarray(f, np.float32))
+    labels.append(np.asarray(y))
+    held += len(f)
+    while held >= size:
+      f_all, y_all = np.concatenate(feats), np.concatenate(labels)
+      yield f_all[:size], y_all[:size]
+      feats, labels, held = [f_all[size:]], [y_all[size:]], held - size
+  if held:
+    yield np.concatenate(feats), np.concatenate(labels)
+
+
+@jax.jit
+def _merge_block(sims: jax.Array, labels: jax.Array, queries: jax.Array, block: jax.Array,
+                 block_labels: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The k nearest so far (similarities and labels, [query blocks, rows, k]) of every query
+  after one more bank block; `valid` [rows of the block] marks its real (unpadded) rows."""
+  k = sims.shape[-1]
+
+  def one_query_block(carry):
+    best, best_labels, q = carry
+    # HIGHEST: a reported figure, not a monitor; TF32 would move cosines by ~1e-3 on GPUs and
+    # with them which of two close neighbours is in the top k.
+    new = jnp.where(valid, jnp.matmul(q, block.T, precision=jax.lax.Precision.HIGHEST),
+                    -jnp.inf)
+    candidates = jnp.concatenate([best, new], axis=1)
+    candidate_labels = jnp.concatenate(
+        [best_labels, jnp.broadcast_to(block_labels, new.shape)], axis=1)
+    top, where = jax.lax.top_k(candidates, k)
+    return top, jnp.take_along_axis(candidate_labels, where, axis=1)
+
+  return jax.lax.map(one_query_block, (sims, labels, queries))  # one query block at a time
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _vote(sims: jax.Array, labels: jax.Array, temperature: jax.Array,
+          num_classes: int) -> jax.Array:
+  """The class with the most votes exp(sim / temperature) among each query's k neighbours."""
+
+  def one_query_block(carry):
+    best, best_labels = carry
+    # Shifted by each query's best similarity (top_k sorts it first): the same argmax, and no
+    # overflow at small temperatures. A scatter-add, not a one-hot [Q, k, classes] tensor.
+    weights = jnp.exp((best - best[:, :1]) / temperature)
+    votes = jax.vmap(lambda w, y: jnp.zeros(num_classes, w.dtype).at[y].add(w))(
+        weights, best_labels)
+    return jnp.argmax(votes, axis=-1)
+
+  return jax.lax.map(one_query_block, (sims, labels))
+
+
+def knn_full_accuracy(config: ml_collections.ConfigDict, model: TrainedModel, train_source: Any,
+                      eval_out: dict[str, np.ndarray]) -> dict[str, float]:
+  """With `config.knn.full_bank`, {"knn_full_top1": kNN top-1 of the eval split's r against
+  every training image's}, the bank encoded batch by batch as the kNN consumes it; else {}."""
+  knn = config.knn
+  if not knn.full_bank:
+    return {}
+  bank = ((part["repr"], part["label"])
+          for part in _encoded(model, train_source.eval_batches(), ("repr",)))
+  preds = knn_predictions(bank, eval_out["repr"], k=knn.full_k,
+                          temperature=knn.full_temperature,
+                          num_classes=config.data.num_classes, block_size=knn.block_size)
+  return {"knn_full_top1": float(100.0 * np.mean(preds == eval_out["label"]))}
 
 
 def top_k(logits: np.ndarray | jax.Array, labels: np.ndarray) -> dict[str, float]:

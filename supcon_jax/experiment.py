@@ -9,6 +9,9 @@
   linear      a trained model (this workdir's, or linear.encoder_workdir's on another
               dataset: transfer) -> a linear classifier on its frozen r, kNN, picture
               (and robustness, when enabled)
+  finetune    a trained model (as linear) -> the whole network fine-tuned with a fresh
+              linear classifier on this config's dataset (finetune.py), in
+              <workdir>/finetune; its top-1/5 and kNN as finetune_* figures
   robustness  a finished run's model and classifier -> scores under corruption
 
 Every stage merges its figures into `<workdir>/results.json` (results.py: results only
@@ -37,6 +40,7 @@ from supcon_jax import (
   data,
   evaluate,
   fileio,
+  finetune,
   linear_probe,
   methods,
   metrics,
@@ -65,13 +69,19 @@ class Run:
   mesh: jax.sharding.Mesh
   started: float
   trained_steps: int = 0  # steps any stage trained in this process (pretraining, linear)
+  labelled: bool = False  # trains on the labelled examples only (fine-tuning)
 
   @functools.cached_property
   def train_source(self) -> data.Source:
     # Streamed images of mixed sizes get each view's random-resized crop while decoding.
-    return _source(self.config, "train", self.config.batch_size, self.mesh,
-                   data.Crops(self.method.views(self.config),
-                              tuple(self.config.augment.crop_scale)))
+    a, small = self.config.augment, self.method.small_views(self.config)
+    crops = data.Crops(self.method.views(self.config), tuple(a.crop_scale))
+    if small:  # multi-crop: the small crops too
+      crops = dataclasses.replace(crops, small_views=small, small_size=a.small_size,
+                                  small_scale=tuple(a.small_crop_scale))
+    if self.labelled:
+      return _labelled_source(self, self.config.batch_size, crops)
+    return _source(self.config, "train", self.config.batch_size, self.mesh, crops)
 
   def check_dataset(self, *fields: str, evaluates: bool = True) -> None:
     """Before any work: the splits it reads are listed (a bad image folder fails now, not
@@ -101,7 +111,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Runs `config.stage` of every method in `config.method`; returns (and writes) results."""
   validate(config)
   validation.check_devices(config, jax.device_count())
-  if config.stage in ("linear", "robustness") and config.linear.encoder_workdir:
+  if config.stage in ("linear", "finetune", "robustness") and config.linear.encoder_workdir:
     config = _transfer_config(config)  # one run, of the method its encoder was trained with
   names = config_lib.method_names(config)
   if len(names) == 1:
@@ -125,9 +135,12 @@ def run_method(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any
   run = Run(config, workdir, methods.get(config.method), sharding.make_mesh(), started)
   figures = {"method": run.method.name, **STAGES[config.stage](run)}
   if run.trained_steps:  # a re-run that trained nothing keeps the time of the one that did
-    timed = "linear_time_s" if config.stage == "linear" else "wall_time_s"
+    timed = {"linear": "linear_time_s", "finetune": "finetune_time_s"}.get(config.stage,
+                                                                          "wall_time_s")
     figures[timed] = time.time() - started
-  merged = {**before, **figures}
+  # A classifier of some of the labels keeps its figures apart from every label's.
+  figures = results.apart(figures, data.labelled.tag(config.data))
+  merged = results.combine(before, figures)
   if jax.process_index() == 0:
     results.write(workdir, merged)
   logging.info("results: %s", merged, extra={"console": False})  # the table is for people
@@ -158,6 +171,24 @@ def _linear(run: Run) -> dict[str, Any]:
           **_robustness_if_enabled(run, model, classify, clean)}
 
 
+def _finetune(run: Run) -> dict[str, Any]:
+  encoder = _restore(run)
+  # Fine-tuned on some of the labels, in a directory of its own (data/labelled.py).
+  tuned = Run(finetune.run_config(run.config, encoder.config),
+              data.labelled.stage_dir(run.workdir, finetune.SUBDIR, run.config.data),
+              methods.get("ce"), run.mesh, run.started, labelled=True)
+  validation.check_dataset(run.config, tuned.train_source.num_examples,
+                           ("finetune.batch_size", "knn.k"))
+  _ = tuned.eval_source
+  model, figures = _pretrain(tuned, start_from=encoder)
+  evaluated, _, _ = _evaluate(tuned, model, own_classifier=True)
+  run.trained_steps += tuned.trained_steps
+  if jax.process_index() == 0:  # the fine-tuned model's own record, as any run's
+    results.merge(tuned.workdir, {"method": "ce", "stage": "finetune", **figures, **evaluated})
+  return {**_provenance(run, encoder), **finetune.figures({**figures, **evaluated}),
+          **data.labelled.figures(tuned.train_source)}
+
+
 def _robustness(run: Run) -> dict[str, Any]:
   model = _restore(run)
   own = run.method.evaluation == methods.CLASSIFIER and not run.transfer
@@ -169,14 +200,17 @@ def _robustness(run: Run) -> dict[str, Any]:
 
 
 STAGES: dict[str, Callable[[Run], dict[str, Any]]] = {
-    "all": _all, "pretrain": _pretrain_only, "linear": _linear, "robustness": _robustness}
+    "all": _all, "pretrain": _pretrain_only, "linear": _linear, "finetune": _finetune,
+    "robustness": _robustness}
 
 
 # ------------------------------------------------------------------- what the stages share
 
-def _pretrain(run: Run) -> tuple[TrainedModel, dict[str, Any]]:
+def _pretrain(run: Run, start_from: TrainedModel | None = None
+              ) -> tuple[TrainedModel, dict[str, Any]]:
   """Trains the model with the method's loss, resuming from the workdir's checkpoints:
-  (the trained model, its training figures; only the steps trained now are timed)."""
+  (the trained model, its training figures; only the steps trained now are timed).
+  `start_from`: a trained model whose encoder the run starts from (fine-tuning)."""
   config, source = run.config, run.train_source
   steps_per_epoch = source.steps_per_epoch
   model = run.method.build_model(config, config.data.num_classes)
@@ -192,6 +226,8 @@ def _pretrain(run: Run) -> tuple[TrainedModel, dict[str, Any]]:
   rng = rngs.stream(config.seed, "pretrain")
   monitor = evaluate.monitor(config, run.method, source, run.eval_source)
   state = run.method.initial_state(config, model, tx, source.image_shape, run.mesh)
+  if start_from is not None:
+    state = finetune.from_encoder(state, start_from)
   ckpt = _checkpointer(config, run.workdir)
   state = train.resume(state, ckpt)  # refuses a workdir of another run, changing nothing
   if jax.process_index() == 0:  # what the workdir holds, for load_encoder and later stages
@@ -250,6 +286,7 @@ def _evaluate(run: Run, model: TrainedModel, *, own_classifier: bool
     figures.update({f"probe_{k}": v for k, v in evaluate.top_k(clean["logits"],
                                                                 clean["label"]).items()})
   figures["knn_top1"] = evaluate.knn_accuracy(config, model, run.train_source, clean)
+  figures.update(evaluate.knn_full_accuracy(config, model, run.train_source, clean))
   if config.embedding_plot and jax.process_index() == 0:
     plotting.embedding(clean["repr"], clean["label"], os.path.join(run.workdir, "embedding.png"),
                        title=f"{run.method.name}: r on the eval split", seed=config.seed)
@@ -397,15 +434,34 @@ def _source(config, split: str, batch: int, mesh, crops: data.Crops = data.Crops
 
 
 def _linear_source(run: Run) -> data.Source:
-  """The training split for the linear classifier: one crop per image, its batch size.
+  """The training split for the linear classifier: one crop per image, its batch size, its
+  labelled examples (`_labelled_source`).
 
-  The pre-training source serves where it matches (same batch, and the device crops).
+  The pre-training source serves where it matches (same batch, the device crops, every label).
   """
   config = run.config
-  if config.linear.batch_size == config.batch_size and not data.crops_on_host(config.data):
+  if (config.linear.batch_size == config.batch_size and not data.crops_on_host(config.data)
+      and not data.labelled.in_force(config.data)):
     return run.train_source
-  return _source(config, "train", config.linear.batch_size, run.mesh,
-                 data.Crops(1, tuple(config.linear.crop_scale)))
+  return _labelled_source(run, config.linear.batch_size,
+                          data.Crops(1, tuple(config.linear.crop_scale)))
+
+
+def _labelled_source(run: Run, batch_size: int, crops: data.Crops) -> data.Source:
+  """The training split of a stage that trains with labels on top of an encoder (linear,
+  finetune): only the examples data.label_fraction / data.label_list keep (all by default),
+  batches of `batch_size` with `crops` on the host. The subset is recorded in (or checked
+  against) `<run.workdir>/label_subset_<tag>.txt`, so a resume trains on the same one."""
+  config = run.config
+  source = data.make_source(config.data, split="train", global_batch=batch_size, mesh=run.mesh,
+                            seed=config.seed, crops=crops, labelled_only=True)
+  if source.labelled is not None:
+    if source.num_examples < batch_size:
+      raise ValueError(f"a batch of {batch_size} is more than the {source.num_examples} "
+                       f"labelled training examples of {source.labelled.rule}: lower the "
+                       "stage's batch size or label more examples")
+    data.labelled.record(run.workdir, config.data, source.labelled)
+  return source
 
 
 def _check_writable(workdir: str) -> None:

@@ -53,16 +53,20 @@ def _state(config: ml_collections.ConfigDict, feat_dim: int, mesh: jax.sharding.
 
 
 def _checkpointer(config: ml_collections.ConfigDict, workdir: str, model: TrainedModel,
-                  feat_dim: int) -> tuple[str, checkpoint.Checkpointer]:
-  """(the stage's directory, its checkpointer), keyed by the model's step."""
-  stage_dir = os.path.join(workdir, "linear", str(model.checkpoint.step))
+                  feat_dim: int, subset: data.labelled.LabelSubset | None = None
+                  ) -> tuple[str, checkpoint.Checkpointer]:
+  """(the stage's directory, its checkpointer), keyed by the model's step; a classifier of a
+  label subset (data.label_fraction / label_list) apart, its checkpoints keyed by the subset."""
+  stage_dir = os.path.join(data.labelled.stage_dir(workdir, "linear", config.data),
+                           str(model.checkpoint.step))
   encoder = str(model.checkpoint)
   if "://" not in workdir and encoder.startswith(os.path.abspath(workdir) + os.sep):
     encoder = os.path.relpath(encoder, workdir)  # the run's own: the workdir may move
   return stage_dir, checkpoint.Checkpointer(
       os.path.join(stage_dir, "checkpoints"), every_steps=config.checkpoint_every_steps,
       keep=config.keep_checkpoints,
-      meta={"identity": {"linear_on": feat_dim, "encoder": encoder}})
+      meta={"identity": {"linear_on": feat_dim, "encoder": encoder,
+                         **({"labels": subset.digest()} if subset is not None else {})}})
 
 
 def _logits(classifier: heads.LinearClassifier, params: Any) -> evaluate.Classify:
@@ -72,16 +76,18 @@ def _logits(classifier: heads.LinearClassifier, params: Any) -> evaluate.Classif
 
 def train_classifier(config: ml_collections.ConfigDict, model: TrainedModel, train_source: Any,
                      eval_out: dict[str, np.ndarray], *, mesh: jax.sharding.Mesh,
-                     workdir: str) -> tuple[dict[str, float], evaluate.Classify, int]:
+                     workdir: str) -> tuple[dict[str, Any], evaluate.Classify, int]:
   """Trains a linear classifier on the frozen r of `model` (resuming it if it has started):
-  (linear_top1 / linear_top5 on the eval split, its logits function, the steps trained now).
+  (linear_top1 / linear_top5 on the eval split and the labels it trained on, its logits
+  function, the steps trained now).
   """
   lin = config.linear
   feat_dim = eval_out["repr"].shape[1]
   steps_per_epoch = train_source.steps_per_epoch
   total = max(1, int(lin.epochs * steps_per_epoch))
   classifier, state, tx, schedule = _state(config, feat_dim, mesh, steps_per_epoch, total)
-  stage_dir, ckpt = _checkpointer(config, workdir, model, feat_dim)
+  stage_dir, ckpt = _checkpointer(config, workdir, model, feat_dim,
+                                  getattr(train_source, "labelled", None))
   state = train.resume(state, ckpt)
   first = int(state.step)
 
@@ -115,7 +121,9 @@ def train_classifier(config: ml_collections.ConfigDict, model: TrainedModel, tra
   ckpt.close()
   classify = _logits(classifier, state.params)
   accuracy = evaluate.top_k(classify(eval_out), eval_out["label"])
-  return {f"linear_{k}": v for k, v in accuracy.items()}, classify, total - first
+  figures = {**{f"linear_{k}": v for k, v in accuracy.items()},
+             **data.labelled.figures(train_source)}
+  return figures, classify, total - first
 
 
 def restore_classifier(config: ml_collections.ConfigDict, workdir: str, model: TrainedModel,

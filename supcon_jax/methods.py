@@ -47,6 +47,10 @@ class Method:
     """Augmented views of each image per training step."""
     return config.augment.n_views if self.contrastive else 1
 
+  def small_views(self, config: Any) -> int:
+    """Multi-crop's small views of each image per training step, beside `views`."""
+    return config.augment.get("small_views", 0) if self.contrastive else 0
+
   def initial_momentum(self, config: Any, params: Any, batch_stats: Any) -> Any:
     """The momentum encoder's state to train with (`config.moco`), or None."""
     return momentum.initial_state(config, params, batch_stats) if config.moco.enabled else None
@@ -106,6 +110,10 @@ def _contrastive_loss(method: Method, config: Any, model: nn.Module, augment_vie
                      positives_cap=config.loss.positives_cap)
 
   probed = method.probed(config)
+  small = method.small_views(config)
+  if small:
+    augment_small = augment.from_config(config, host_cropped=data.crops_on_host(config.data),
+                                        per_view=True, small=True)
 
   def weighted(contrastive, out, labels):
     # The official code's joint objective; with the probe's stop-gradient, its cross-entropy
@@ -115,16 +123,31 @@ def _contrastive_loss(method: Method, config: Any, model: nn.Module, augment_vie
       loss += config.loss.cross_entropy_weight * losses.cross_entropy_loss(out["logits"], labels)
     return loss
 
-  def loss_fn(params, carried, batch, rng):
+  def apply_all(params, batch_stats, batch, rng):
+    # Each size is its own batch through the network; the outputs come back per image:
+    # [B, views + small views, ...], the small views after the large ones.
     b, v = batch["image"].shape[0], method.views(config)
     views = augment.view_inputs(rng, batch["image"], v)  # view j of image i: row i * v + j
+    out, batch_stats = _apply(model, config, params, batch_stats, augment_views, views)
+    out = jax.tree.map(lambda y: y.reshape((b, v) + y.shape[1:]), out)
+    if small:
+      smalls = augment.view_inputs(jax.random.fold_in(rng, 1), batch.get("small", batch["image"]),
+                                   small)
+      more, batch_stats = _apply(model, config, params, batch_stats, augment_small, smalls)
+      out = jax.tree.map(lambda y, m: jnp.concatenate([y, m.reshape((b, small) + m.shape[1:])],
+                                                      axis=1), out, more)
+    return out, batch_stats
+
+  def loss_fn(params, carried, batch, rng):
+    b, v = batch["image"].shape[0], method.views(config)
     labels = batch["label"] if method.uses_labels else None
-    view_labels = jnp.repeat(batch["label"], v)
     if not config.moco.enabled:
-      out, batch_stats = _apply(model, config, params, carried, augment_views, views)
-      z = out["proj"].reshape(b, v, -1)
-      loss = losses.sharded_supcon_loss(z, labels, mesh, **loss_kwargs)
-      return weighted(loss, out, view_labels), batch_stats
+      out, batch_stats = apply_all(params, carried, batch, rng)
+      loss = losses.sharded_supcon_loss(out["proj"], labels, mesh, **loss_kwargs)
+      out = jax.tree.map(lambda y: y.reshape((-1,) + y.shape[2:]), out)
+      return weighted(loss, out, jnp.repeat(batch["label"], v + small)), batch_stats
+    views = augment.view_inputs(rng, batch["image"], v)
+    view_labels = jnp.repeat(batch["label"], v)
     batch_stats, state = carried
     out, batch_stats = _apply(model, config, params, batch_stats, augment_views, views)
     key_params = momentum.follow(state["params"], params, config.moco.momentum)

@@ -12,18 +12,28 @@ and `<out>_embeddings.png` (each run's embedding.png side by side).
 rewrites the README's demo table from `docs/results/digits.json` (the results.json of
 `python -m supcon_jax.main --config=configs/digits.py --workdir=W`, copied from W), so the
 README's figures are a run's, never typed.
+
+  python -m supcon_jax.report --transfer-suite supcon=/runs/supcon_transfer \
+      --transfer-suite ce=/runs/ce_transfer
+
+prints the transfer suite's table, as the paper's Table 4: a column per dataset (in
+configs/transfer.py's order), and for each suite, a folder of transfer workdirs named as the
+recipe names the datasets (/runs/supcon_transfer/food101, ...), a row for the linear
+evaluation and one for fine-tuning where its runs have them. `--transfer food101=W1
+--transfer dtd=W2 [--encoder supcon]` names one suite's workdirs one by one instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 from typing import Any
 
 from etils import epath
 
-from supcon_jax import metrics, plotting, results
+from supcon_jax import metrics, plotting, recipes, results
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout
 README = os.path.join(_ROOT, "README.md")
@@ -83,6 +93,49 @@ def plot_embeddings(runs: dict[str, str], path: str) -> None:
                          for name, workdir in runs.items()}, path)
 
 
+def transfer_datasets() -> tuple[str, ...]:
+  """The transfer suite's datasets in the paper's column order (configs/transfer.py's ORDER)."""
+  spec = importlib.util.spec_from_file_location("transfer_recipe", recipes.path("transfer"))
+  recipe = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(recipe)
+  return tuple(recipe.ORDER)
+
+
+def load_suite(directory: str) -> dict[str, dict[str, Any]]:
+  """{dataset: results.json} of the transfer workdirs in `directory`: its sub-folders that
+  hold a results.json, each named by its dataset."""
+  found = {sub.name: results.load(str(sub)) for sub in sorted(epath.Path(directory).iterdir())
+           if results.exists(str(sub))}
+  if not found:
+    raise ValueError(f"{directory} holds no transfer workdir: expected {directory}/<dataset>/"
+                     f"{results.FILE}, <dataset> one of {', '.join(transfer_datasets())}")
+  return found
+
+
+def transfer_report(suites: dict[str, dict[str, dict[str, Any]]]) -> str:
+  """The transfer table of `suites` ({encoder: {dataset: results.json}}) under a line saying
+  what it holds: the datasets any suite has, in the paper's order (others after, sorted)."""
+  order = transfer_datasets()
+  present = {dataset for runs in suites.values() for dataset in runs}
+  columns = [d for d in order if d in present] + sorted(present - set(order))
+  return ("Transfer: top-1 in % on each dataset's evaluation split (linear: a linear "
+          "classifier on the frozen encoder; fine-tuned: the whole network):\n\n"
+          + results.transfer_table(suites, columns))
+
+
+def _transfer_suites(args: argparse.Namespace) -> dict[str, dict[str, dict[str, Any]]]:
+  """The suites --transfer-suite and --transfer name; a workdir without results.json yet
+  (a run under way) counts as one without figures."""
+  suites = {}
+  for item in args.transfer_suite or []:
+    name, _, directory = item.rpartition("=")
+    suites[name or epath.Path(directory).name] = load_suite(directory)
+  if args.transfer:
+    suites[args.encoder] = {dataset: results.load(w) if results.exists(w) else {}
+                            for dataset, w in (item.split("=", 1) for item in args.transfer)}
+  return suites
+
+
 def main(argv: list[str] | None = None) -> None:
   """The command line: a table and pictures comparing finished runs, or the README's table."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -93,13 +146,25 @@ def main(argv: list[str] | None = None) -> None:
                       help=f"rewrite the demo table of README (default {README}) from "
                            "--results instead")
   parser.add_argument("--results", default=DEMO_RESULTS, help="with --readme: a results.json")
+  parser.add_argument("--transfer-suite", action="append", metavar="[NAME=]DIR",
+                      help="a folder of transfer workdirs, one per dataset (DIR/food101, ...): "
+                           "the transfer table's rows NAME (default: DIR's name)")
+  parser.add_argument("--transfer", action="append", metavar="DATASET=WORKDIR",
+                      help="one transfer workdir of the --encoder suite")
+  parser.add_argument("--encoder", default="encoder", help="the --transfer workdirs' row name")
   args = parser.parse_args(argv)
+  if args.transfer or args.transfer_suite:
+    try:
+      print(transfer_report(_transfer_suites(args)))
+    except (ValueError, OSError) as e:
+      parser.error(str(e))
+    return
   if args.readme:
     write_readme(args.readme, args.results)
     print(f"wrote the demo table of {args.readme} from {args.results}")
     return
   if not (args.run and args.out):
-    parser.error("--run and --out are required (or --readme)")
+    parser.error("--run and --out are required (or --readme, --transfer-suite, --transfer)")
   runs = dict(item.split("=", 1) for item in args.run)
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   print(results.results_table({name: results.load(workdir) for name, workdir in runs.items()}))

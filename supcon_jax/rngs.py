@@ -34,6 +34,8 @@ STREAMS = (
     "linear",  # linear-stage step k: the crop and flip of its images
     "linear_data",  # the order of the cached representations in linear epoch e
     "robustness",  # the on-device corruption of evaluation batch b at (severity, corruption)
+    "label_noise",  # whether training example i's label is changed (data.label_noise), and to what
+    "label_subset",  # the labelled examples a label fraction keeps (data/labelled.py)
 )
 _IDS = {name: zlib.crc32(name.encode()) for name in STREAMS}
 

@@ -30,6 +30,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 @pytest.fixture(scope="session")
+def mesh():
+  """The trainer's mesh over the eight simulated devices."""
+  from supcon_jax import sharding  # after the environment above: it imports JAX
+  return sharding.make_mesh()
+
+
+@pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory) -> tuple[pathlib.Path, dict]:
   """Tiny runs of supcon and ce (helpers.tiny_runs_config), trained once for the whole test
   session and shared by the files that only read them (experiment outputs, load_encoder,

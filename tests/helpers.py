@@ -9,6 +9,13 @@ from collections.abc import Callable
 from supcon_jax import config as config_lib
 
 
+def data_config(**overrides):
+  """The default `data` block with `overrides`."""
+  c = config_lib.base_config().data
+  c.update(overrides)
+  return c
+
+
 def tiny_config(method: str):
   """Digits at 8x8, ResNet-18 at width 1/8, batch 64: 22 steps per epoch on the 1,437
   training digits, 2 steps of pre-training and 2 of the linear stage."""

@@ -156,8 +156,9 @@ def test_warp_is_vmappable_with_traced_angles():
 # ------------------------------------------------------------------ random resized crop
 
 
-def _np_resized_crop(x, top, left, h, w):
-  """Independent float64 reference: crop, then bilinear resize, align_corners=False."""
+def _np_resized_crop(x, top, left, h, w, size=None):
+  """Independent float64 reference: crop, then bilinear resize (to size x size, default the
+  image's size), align_corners=False."""
   crop = x[top:top + h, left:left + w].astype(np.float64)
 
   def axis_weights(n_in, n_out):
@@ -169,7 +170,7 @@ def _np_resized_crop(x, top, left, h, w):
     m[np.arange(n_out), hi] += src - lo
     return m
 
-  out_h, out_w = x.shape[:2]
+  out_h, out_w = (size, size) if size else x.shape[:2]
   return np.einsum("ij,jkc,lk->ilc", axis_weights(h, out_h), crop, axis_weights(w, out_w))
 
 
@@ -177,6 +178,30 @@ def test_resized_crop_matches_numpy_bilinear():
   x = _image(7)
   for box in [(0, 0, 8, 8), (3, 5, 10, 7), (0, 1, 16, 5)]:
     np.testing.assert_allclose(A.resized_crop(x, *box), _np_resized_crop(x, *box), atol=1e-5)
+
+
+def test_resized_crop_to_another_size_matches_numpy_bilinear():
+  # Multi-crop's small views: a box resized to its own side, enlarged or reduced.
+  x = _image(7)
+  for box, size in [((3, 5, 10, 7), 6), ((0, 1, 16, 5), 12), ((2, 2, 4, 4), 9)]:
+    got = A.resized_crop(x, *box, size=size)
+    assert got.shape == (size, size, x.shape[-1])
+    np.testing.assert_allclose(got, _np_resized_crop(x, *box, size=size), atol=1e-5)
+
+
+def test_random_resized_crop_to_a_small_size_reads_a_box_of_its_scale():
+  n = 16
+  ramp = np.tile(np.arange(n, dtype=np.float32)[:, None, None] / (n - 1), (1, n, 1))
+  crop = jax.jit(lambda k: A.random_resized_crop(k, ramp, (0.0625, 0.0625), (1.0, 1.0), size=6))
+  for i in range(5):
+    y = np.asarray(crop(_key(i)))
+    assert y.shape == (6, 6, 1)
+    # A 4-row box (1/16 of the area) read at 6 rows: source rows top + (j + 0.5) 4/6 - 0.5
+    # clamped to [top, top + 3], so rows top .. top + 3 exactly (at the image's size, 16
+    # rows, the same box also spans 3).
+    np.testing.assert_allclose((y.max() - y.min()) * (n - 1), 3.0, atol=1e-4)
+    np.testing.assert_allclose(y[1, 0, 0] - y[0, 0, 0], (1.5 * 4 / 6 - 0.5) / (n - 1),
+                               atol=1e-6)  # row 1 reads 0.5 rows below row 0 (top, clamped)
 
 
 def test_random_resized_crop_stays_inside_a_box_of_the_right_area():

@@ -127,7 +127,7 @@ def test_every_source_and_bad_image_choice_validates(source, bad_images):
 
 
 @pytest.mark.parametrize("field,value", [
-    ("method", "byol"), ("stage", "finetune"), ("data.source", "hdf5"),
+    ("method", "byol"), ("stage", "finetuning"), ("data.source", "hdf5"),
     ("data.bad_images", "ignore"), ("augment.policy", "mixup"), ("linear.augment", "simaugment"),
     ("model.depth", 19), ("model.stem", "tiny"), ("model.head", "conv"),
     # float16 was accepted by validation and refused at model building: the lists disagreed.
@@ -143,7 +143,8 @@ def test_values_outside_the_lists_fail_validation_naming_the_field(field, value)
 RECIPES = [("cifar10.py", ""), ("cifar10.py", "simclr"), ("cifar10.py", "ce"), ("cifar100.py", ""),
            ("cifar10_fast.py", ""), ("cifar10_fast.py", "ce"), ("cifar10_fast.py", "simclr"),
            ("digits.py", ""), ("imagenet.py", ""), ("imagenet_ce.py", ""),
-           ("imagenet_moco.py", "")]
+           ("imagenet_moco.py", ""), ("imagenet100.py", ""),
+           ("transfer.py", "food101")]  # each of its datasets: test_transfer_suite.py
 
 
 def test_every_recipe_is_listed_here():

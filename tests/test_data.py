@@ -24,19 +24,9 @@ from PIL import Image
 from supcon_jax import augment, experiment, methods, sharding
 from supcon_jax.config import base_config
 from supcon_jax.data import ArraySource, Crops, list_images, make_source, split_files, write_split
+from tests.helpers import data_config as _config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def mesh():
-  return sharding.make_mesh()
-
-
-def _config(**overrides):
-  c = base_config().data
-  c.update(overrides)
-  return c
 
 
 def _take(iterator, n):
@@ -775,3 +765,36 @@ def _raised(fn, *args):
   except Exception as e:  # noqa: BLE001  whatever the loop raised, the test reports it
     return e
   return None
+
+
+def test_host_drawn_small_crops_cover_their_own_scale_at_their_own_size(tmp_path, mesh):
+  # Multi-crop on the host: beside the 2 large views, 3 small crops of small_scale of the
+  # image at small_size pixels, from the same decode, each from its own region.
+  for c in range(2):
+    (tmp_path / f"c{c}").mkdir()
+    for i in range(8):
+      Image.fromarray(_position_image(64, 64)).save(tmp_path / f"c{c}" / f"{i}.png")
+  cfg = _config(source="folder", train_dir=str(tmp_path), num_classes=2, image_size=16,
+                host_resize=True)
+  crops = Crops(2, (0.9, 1.0), small_views=3, small_size=8, small_scale=(0.03, 0.05))
+  src = make_source(cfg, split="train", global_batch=16, mesh=mesh, seed=0, crops=crops)
+  batch = next(src.train_batches())
+  assert batch["small"].sharding.spec == P("data")
+  batch = jax.tree.map(np.asarray, batch)
+  assert batch["image"].shape == (16, 2, 16, 16, 3)
+  assert batch["small"].shape == (16, 3, 8, 8, 3)
+  # A crop's span of columns (red) and rows (green), in image pixels: 3-5% of the area is a
+  # box of 11 x 11 to 14.3 x 14.3 (aspect 3/4..4/3: sides 9.5..16.5); large ones span nearly
+  # all 64.
+  span = lambda x, ch: (x[..., ch].max(axis=(-1, -2)) - x[..., ch].min(axis=(-1, -2))) / 4.0
+  for ch in (0, 1):
+    small, large = span(batch["small"], ch), span(batch["image"], ch)
+    assert ((small > 8) & (small < 17)).all(), small
+    assert (large > 50).all(), large
+  centres = batch["small"][..., :2].astype(np.float32).mean(axis=(2, 3))  # [16, 3, 2]
+  assert (np.abs(centres[:, 0] - centres[:, 1]).max(-1) > 10).mean() > 0.7  # own regions
+  # The first step's large crops are those of a source without small crops, unchanged.
+  plain = make_source(cfg, split="train", global_batch=16, mesh=mesh, seed=0,
+                      crops=Crops(2, (0.9, 1.0)))
+  np.testing.assert_array_equal(np.asarray(next(plain.train_batches())["image"]),
+                                batch["image"])

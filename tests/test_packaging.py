@@ -17,7 +17,7 @@ from packaging.requirements import Requirement
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {"supcon-train": "supcon_jax.main:run", "supcon-embed": "supcon_jax.embed:main",
-           "supcon-export": "supcon_jax.export:main"}
+           "supcon-export": "supcon_jax.export:main", "supcon-convert": "supcon_jax.convert:main"}
 
 
 def _copy_checkout(dest: str) -> str:

@@ -289,9 +289,12 @@ def test_bad_folders_name_the_culprit(tmp_path):
     ("data.image_size", 16, "config.data.image_size=16 is too small for the imagenet stem"),
     ("loss.denominator_mode", "some", "config.loss.denominator_mode='some'"),
     ("loss.positives_cap", 3, "config.loss.positives_cap=3 must be an integer, < 0 for no cap "
-                              "or a multiple of augment.n_views=2"),
+                              "or a multiple of the 2 views of a sample"),
+    ("augment.small_views", -1, "augment.small_views=-1: expected an integer >= 0"),
+    ("augment.small_size", 16, "config.augment.small_size=16 is too small for the imagenet"),
     ("loss.cross_entropy_weight", -1.0, "config.loss.cross_entropy_weight=-1.0 must be a "
                                         "finite weight >= 0"),
+    ("data.label_noise", 1.5, "config.data.label_noise=1.5 must be a fraction"),
     ("profile_steps", "5", "config.profile_steps='5': expected 'A,B'"),
     ("profile_steps", "5,2", "config.profile_steps='5,2': expected 'A,B'"),
 ])

@@ -124,3 +124,11 @@ def test_compile_only_reports_xla_memory_and_chunking_cuts_it(tmp_path):
   assert "chunk 16: XLA temp" in speed.format_table([chunked])
   with pytest.raises(ValueError, match="--compile-only"):
     speed.run_case(speed.Case(case="loss", compile_only=True))
+  # Multi-crop: four 8-px views hold as many pixels as one 16-px view: more memory, not four
+  # times more.
+  multi = speed.main(common[:-4] + ["--augment", "cropflip", "--devices", "1",
+                                    "--small-views", "4", "--small-size", "8"])[0]
+  assert (whole["small_views"], multi["small_views"], multi["small_size"]) == (0, 4, 8)
+  assert whole["xla_temp_bytes"] < multi["xla_temp_bytes"] < 4 * whole["xla_temp_bytes"]
+  assert "64 x 2 + 4 x 8 px" in speed.format_table([multi])
+  assert "64 x 2 |" in speed.format_table([whole])

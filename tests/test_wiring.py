@@ -13,22 +13,24 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from supcon_jax import checkpoint, data, experiment, linear_probe, methods, sharding
+from supcon_jax import checkpoint, data, experiment, finetune, linear_probe, methods, sharding
 from supcon_jax import config as config_lib
 from tests.test_loss_options import ref_options
 
 MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
 
 
-def _recorder(seen: list) -> nn.Module:
-  """An encoder that appends every input batch to `seen` and returns r = the mean pixel and
-  z = the normalised pixels."""
+def _recorder(seen: list | None, *, by_mean: bool = False) -> nn.Module:
+  """An encoder that appends every input batch to `seen` (unless None) and returns r = the
+  mean pixel and z = the normalised pixels (`by_mean`: the normalised mean pixel, the same
+  for views of any size and for a flipped view)."""
 
   class Recorder(nn.Module):
     @nn.compact
     def __call__(self, x, train):
-      jax.debug.callback(lambda a: seen.append(np.asarray(a)), x)
-      flat = x.reshape(x.shape[0], -1)
+      if seen is not None:
+        jax.debug.callback(lambda a: seen.append(np.asarray(a)), x)
+      flat = x.mean((1, 2)) if by_mean else x.reshape(x.shape[0], -1)
       return {"repr": x.mean((1, 2)),
               "proj": flat / jnp.linalg.norm(flat, axis=1, keepdims=True)}
 
@@ -207,16 +209,83 @@ def test_each_stage_asks_the_host_for_its_own_crops(monkeypatch):
   # A streamed source of mixed sizes crops on the host: pre-training asks for n_views crops
   # of augment.crop_scale, the linear stage for one of linear.crop_scale.
   asked = []
-  monkeypatch.setattr(data, "make_source",
-                      lambda data_config, **kw: asked.append((kw["split"], kw["crops"])) or kw)
+  monkeypatch.setattr(data, "make_source", lambda data_config, **kw: asked.append(
+      (kw["split"], kw["crops"])) or types.SimpleNamespace(labelled=None, **kw))
   c = _config(host_cropped=True)
   c.augment.crop_scale, c.linear.crop_scale = (0.1, 0.9), (0.3, 1.0)
   run = experiment.Run(c, "", methods.get("supcon"), sharding.make_mesh(), 0.0)
-  assert run.train_source["global_batch"] == c.batch_size
-  assert experiment._linear_source(run)["global_batch"] == c.linear.batch_size
+  assert run.train_source.global_batch == c.batch_size
+  assert experiment._linear_source(run).global_batch == c.linear.batch_size
   assert asked == [("train", data.Crops(2, (0.1, 0.9))), ("train", data.Crops(1, (0.3, 1.0)))]
+  # Fine-tuning: one crop of finetune.crop_scale, at its batch size.
+  asked.clear()
+  c.finetune.update(crop_scale=(0.25, 1.0), batch_size=16)
+  tuned = experiment.Run(finetune.run_config(c, c), "", methods.get("ce"), run.mesh, 0.0,
+                         labelled=True)
+  assert tuned.train_source.global_batch == 16
+  assert asked == [("train", data.Crops(1, (0.25, 1.0)))]
+  # Multi-crop: pre-training asks for the small crops too, the linear stage never.
+  asked.clear()
+  c.augment.update(small_views=4, small_size=48, small_crop_scale=(0.05, 0.2))
+  run = experiment.Run(c, "", methods.get("supcon"), sharding.make_mesh(), 0.0)
+  run.train_source, experiment._linear_source(run)
+  assert asked == [("train", data.Crops(2, (0.1, 0.9), 4, 48, (0.05, 0.2))),
+                   ("train", data.Crops(1, (0.3, 1.0)))]
   # Cropped on the device, at one batch size, the linear stage reads pre-training's source.
   c = _config(host_cropped=False)
   c.linear.batch_size = c.batch_size
   run = experiment.Run(c, "", methods.get("supcon"), sharding.make_mesh(), 0.0)
   assert experiment._linear_source(run) is run.train_source
+
+
+def _multi_crop_config(host_cropped):
+  c = _config(host_cropped=host_cropped)
+  c.augment.update(small_views=2, small_size=4, small_crop_scale=(0.2, 0.3))
+  return c
+
+
+def test_multi_crop_small_views_are_their_own_batch_of_crops_of_each_image():
+  # Whole images, cropped on the device: a second batch through the encoder, of 2 small
+  # crops per image at 4 px, row 2b + v from image b (blue tells the image).
+  r = np.random.default_rng(6)
+  images = r.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
+  images[..., 2] = (np.arange(8) * 30)[:, None, None]
+  mesh = sharding.make_mesh(1)
+  seen = []
+  loss_fn = methods.get("supcon").loss_fn(_multi_crop_config(False),
+                                          _recorder(seen, by_mean=True), mesh)
+  batch = sharding.to_global({"image": images, "label": np.arange(8, dtype=np.int32)}, mesh)
+  jax.jit(loss_fn)({}, {}, batch, jax.random.key(0))
+  jax.effects_barrier()
+  large, small = seen
+  assert large.shape == (16, 8, 8, 3) and small.shape == (16, 4, 4, 3)
+  blue = small[..., 2] * STD[2] + MEAN[2]  # back to pixels / 255
+  want = np.repeat(np.arange(8) * 30 / 255, 2)[:, None, None]
+  np.testing.assert_allclose(blue, np.broadcast_to(want, blue.shape), atol=1e-5)
+  assert (_flipped_or_not(large, np.repeat(images, 2, axis=0)) == -1).all()  # cropped too
+
+
+@pytest.mark.parametrize("method", ["supcon", "simclr"])
+def test_multi_crop_contrasts_every_view_large_and_small(method):
+  # Host-cropped: 2 large views of 2 x 2 px and 3 small of 1 x 1, flipped on the device only.
+  # The stand-in encoder embeds a view by its mean pixel (a flip changes nothing), so the loss
+  # must be the reference's over all 5 views of each sample.
+  c = _multi_crop_config(True)
+  c.augment.update(small_views=3, small_size=8)
+  c.loss.positives_cap = 5  # one other sample of each class: views counted per sample
+  r = np.random.default_rng(7)
+  images = r.integers(0, 256, (8, 2, 2, 2, 3), dtype=np.uint8)
+  small = r.integers(0, 256, (8, 3, 1, 1, 3), dtype=np.uint8)
+  labels = r.integers(0, 3, 8).astype(np.int32)
+  z = np.concatenate([_normalised(images).mean((2, 3)), _normalised(small).mean((2, 3))], 1)
+  z /= np.linalg.norm(z, axis=-1, keepdims=True)
+  mesh = sharding.make_mesh(8)
+  loss_fn = methods.get(method).loss_fn(c, _recorder(None, by_mean=True), mesh)
+  batch = sharding.to_global({"image": images, "small": small, "label": labels}, mesh)
+  loss, _ = jax.jit(loss_fn)({}, {}, batch, jax.random.key(0))
+  options = dict(temperature=0.1, variant="out", contrast_mode="all", denominator_mode="all",
+                 positives_cap=5)
+  want = ref_options(z, labels if method == "supcon" else None, **options)
+  np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+  assert abs(want - ref_options(z[:, :2], labels if method == "supcon" else None,
+                                **options)) > 1e-2  # the small views matter

@@ -19,7 +19,15 @@ import numpy as np
 from PIL import Image
 
 from supcon_jax import rngs, sharding
-from supcon_jax.data.base import Crops, Source, check_labels, check_num_classes, stratified_holdout
+from supcon_jax.data import labelled
+from supcon_jax.data.base import (
+  Crops,
+  Source,
+  check_labels,
+  check_num_classes,
+  noisy_labels,
+  stratified_holdout,
+)
 
 DIGITS_EVAL_PER_CLASS = 36  # digits: ~20% of its ~180 images per class held out for eval
 
@@ -125,8 +133,10 @@ def load_digits(image_size: int, *, split: str, per_class: int = DIGITS_EVAL_PER
 
 
 def make_arrays_source(data_config, *, split: str, global_batch: int,
-                       mesh: jax.sharding.Mesh, seed: int, crops: Crops) -> ArraySource:
-  """The built-in in-memory dataset `data_config.name` (digits), split "train" or "eval"."""
+                       mesh: jax.sharding.Mesh, seed: int, crops: Crops,
+                       labelled_only: bool = False) -> ArraySource:
+  """The built-in in-memory dataset `data_config.name` (digits), split "train" or "eval";
+  `labelled_only`: its labelled examples alone (labelled.py), named by their index."""
   del crops  # the device crops in-memory images
   if data_config.name != "digits":
     raise ValueError(f"data.source='arrays' has one built-in dataset, 'digits'; got "
@@ -137,5 +147,12 @@ def make_arrays_source(data_config, *, split: str, global_batch: int,
   images, labels = load_digits(data_config.image_size, split=split, per_class=per_class,
                                seed=data_config.split_seed)
   logging.info("digits %s: %d images of %s", split, len(images), images.shape[1:])
-  return ArraySource(images, labels, num_classes=10, global_batch=global_batch, mesh=mesh,
-                     seed=seed)
+  subset = labelled.choose(data_config, labels=labels, seed=seed,
+                           what="digits") if labelled_only else None
+  labels = noisy_labels(labels, data_config, split=split, seed=seed)
+  if subset is not None:
+    images, labels = images[subset.indices], labels[subset.indices]
+  source = ArraySource(images, labels, num_classes=10, global_batch=global_batch, mesh=mesh,
+                       seed=seed)
+  source.labelled = subset
+  return source

@@ -3,8 +3,9 @@
 Classes are the sorted names of the sub-folders of the root; a class's images are the files
 under its folder (searched recursively) ending in .jpg .jpeg .png .bmp .gif, any case.
 Hidden files and folders (".name") are ignored, as are plain files in the root itself;
-any other file is an error. With data.eval_dir "" and data.val_per_class > 0, the
-evaluation split is val_per_class images per class of train_dir, chosen by
+any other file is an error; data.classes keeps only the sub-folders it names, labelled in its
+order. With data.eval_dir "" and data.val_per_class > 0, the evaluation split is
+val_per_class images per class of train_dir, chosen by
 `split_files(list_images(train_dir), val_per_class, split_seed)`; the rest train.
 
 Every file is opened before the first step: decoded whole when held in memory, its header
@@ -19,6 +20,7 @@ import dataclasses
 import functools
 import logging
 import os
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -26,8 +28,16 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from supcon_jax.checks import one_of
+from supcon_jax.data import labelled
 from supcon_jax.data.arrays import ArraySource
-from supcon_jax.data.base import EVAL_CROP, Crops, Source, check_num_classes, stratified_holdout
+from supcon_jax.data.base import (
+  EVAL_CROP,
+  Crops,
+  Source,
+  check_num_classes,
+  noisy_labels,
+  stratified_holdout,
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 BAD_IMAGES = ("fail", "skip")  # data.bad_images: stop at an unreadable image, or skip it
@@ -68,14 +78,25 @@ def _class_images(class_dir: str) -> list[str]:
   return sorted(found)
 
 
-def list_images(root: str) -> FileList:
-  """Every image under `root`, one sub-folder per class; ValueError on a bad layout."""
+def list_images(root: str, only: Sequence[str] = ()) -> FileList:
+  """Every image under `root`, one sub-folder per class; ValueError on a bad layout.
+
+  `only` (data.classes): just these sub-folders, labelled in this order; the others are not
+  read at all (a subset of ImageNet's folder lists 100 of its 1,000).
+  """
   if not os.path.isdir(root):
     raise ValueError(f"image folder {root!r} does not exist or is not a directory")
   classes = sorted(e.name for e in os.scandir(root)
                    if e.is_dir() and not e.name.startswith("."))
   if not classes:
     raise ValueError(f"image folder {root} has no class sub-folders (expected root/<class>/*.jpg)")
+  if only:
+    missing = [name for name in only if name not in set(classes)]
+    if missing:
+      raise ValueError(f"image folder {root} has no sub-folder for {len(missing)} of the "
+                       f"{len(only)} classes of data.classes: {', '.join(missing[:5])}"
+                       f"{', ...' if len(missing) > 5 else ''}")
+    classes = list(only)
   paths, labels = [], []
   for label, name in enumerate(classes):
     found = _class_images(os.path.join(root, name))
@@ -103,7 +124,7 @@ def write_split(path: str, files: FileList) -> None:
 
 def folder_files(data_config, split: str) -> FileList:
   """The files of the "train" or "eval" split that data_config describes."""
-  train = list_images(data_config.train_dir)
+  train = list_images(data_config.train_dir, data_config.classes)
   if not data_config.eval_dir and data_config.val_per_class > 0:
     rest, held = split_files(train, data_config.val_per_class, data_config.split_seed)
     return rest if split == "train" else held
@@ -113,7 +134,7 @@ def folder_files(data_config, split: str) -> FileList:
     raise ValueError("the folder source has no evaluation split: set data.eval_dir or "
                      "data.val_per_class > 0")
   _warn_if_overlapping(data_config.train_dir, data_config.eval_dir)
-  evaluation = list_images(data_config.eval_dir)
+  evaluation = list_images(data_config.eval_dir, data_config.classes)
   if evaluation.classes != train.classes:
     only_eval = sorted(set(evaluation.classes) - set(train.classes))
     only_train = sorted(set(train.classes) - set(evaluation.classes))
@@ -245,11 +266,33 @@ def load_images(files: FileList, size: int, *, host_resize: bool = False,
 
 
 def make_folder_source(data_config, *, split: str, global_batch: int,
-                       mesh: jax.sharding.Mesh, seed: int, crops: Crops) -> Source:
-  """The image folder `data_config` names: in device memory, or streamed through tf.data."""
+                       mesh: jax.sharding.Mesh, seed: int, crops: Crops,
+                       labelled_only: bool = False) -> Source:
+  """The image folder `data_config` names: in device memory, or streamed through tf.data.
+  `labelled_only`: its labelled files alone (labelled.py), named by their path under the
+  folder or their base name, chosen from the listing before unreadable files are skipped."""
   one_of("data.bad_images", data_config.bad_images, BAD_IMAGES)
   files = folder_files(data_config, split)
   check_num_classes(len(files.classes), data_config.num_classes, f"image folder {files.root}")
+  subset = None
+  if labelled_only:
+    subset = labelled.choose(
+        data_config, labels=files.labels, seed=seed, what=f"image folder {files.root}",
+        names=[os.path.relpath(p, files.root) for p in files.paths],
+        aliases=[os.path.basename(p) for p in files.paths])
+  labels = noisy_labels(files.labels, data_config, split=split, seed=seed)
+  files = dataclasses.replace(files, labels=tuple(int(y) for y in labels))
+  if subset is not None:
+    files = files.subset(subset.indices)
+  source = _folder_source(files, data_config, global_batch=global_batch, mesh=mesh, seed=seed,
+                          crops=crops)
+  source.labelled = subset
+  return source
+
+
+def _folder_source(files: FileList, data_config, *, global_batch: int,
+                   mesh: jax.sharding.Mesh, seed: int, crops: Crops) -> Source:
+  """The source of `files` (labels final): decoded into device memory, or streamed."""
   if data_config.in_memory:
     images, labels, skipped = load_images(files, data_config.image_size,
                                           host_resize=data_config.host_resize,

@@ -140,14 +140,28 @@ def _reduced_edges(edges: tf.Tensor, r: tf.Tensor) -> tf.Tensor:
   return (2 * edges + r) // (2 * r)
 
 
-def _jpeg_window(encoded: tf.Tensor, seeds: tf.Tensor, size: int, scale: Sequence[float],
-                 ratios: Sequence[int]):
+# A group of random-resized crops: (seeds [V, 2], side in pixels, area scale (lo, hi)).
+CropGroup = tuple[tf.Tensor, int, Sequence[float]]
+
+
+def _group_boxes(shape: tf.Tensor, groups: Sequence[CropGroup]):
+  """The boxes of every group, concatenated: (top-left [V, 2], height-width [V, 2])."""
+  boxes = [crop_boxes(shape, seeds, scale) for seeds, _, scale in groups]
+  return tf.concat([b for b, _ in boxes], axis=0), tf.concat([e for _, e in boxes], axis=0)
+
+
+def _jpeg_window(encoded: tf.Tensor, groups: Sequence[CropGroup], ratios: Sequence[int]):
   """The window of a JPEG that holds every crop box, decoded at the largest of `ratios` every
-  box allows, and each box's top-left and bottom-right [V, 2] in that window's pixels."""
-  begin, extent = crop_boxes(tf.image.extract_jpeg_shape(encoded), seeds, scale)
+  box allows (each keeping its group's side), and each box's top-left and bottom-right
+  [V, 2] in that window's pixels."""
+  begin, extent = _group_boxes(tf.image.extract_jpeg_shape(encoded), groups)
   index, top_left, bottom_right = 0, begin, begin + extent
   if len(ratios) > 1:
-    index = _ratio_index(tf.reduce_min(extent), size, ratios)
+    first, index = 0, len(ratios) - 1
+    for seeds, size, _ in groups:
+      rows = extent[first:first + seeds.shape[0]]
+      index = tf.minimum(index, _ratio_index(tf.reduce_min(rows), size, ratios))
+      first += seeds.shape[0]
     r = tf.gather(ratios, index)
     top_left, bottom_right = _reduced_edges(top_left, r), _reduced_edges(bottom_right, r)
   origin = tf.reduce_min(top_left, axis=0)
@@ -155,33 +169,41 @@ def _jpeg_window(encoded: tf.Tensor, seeds: tf.Tensor, size: int, scale: Sequenc
   return _decode_jpeg(encoded, index, window, ratios), top_left - origin, bottom_right - origin
 
 
-def _image_window(encoded: tf.Tensor, seeds: tf.Tensor, scale: Sequence[float]):
+def _image_window(encoded: tf.Tensor, groups: Sequence[CropGroup]):
   """_jpeg_window for other formats: the whole image, decoded at full scale."""
   image = decode(encoded)
-  begin, extent = crop_boxes(tf.shape(image), seeds, scale)
+  begin, extent = _group_boxes(tf.shape(image), groups)
   return image, begin, begin + extent
 
 
 def random_crops(encoded: tf.Tensor, seeds: tf.Tensor, size: int, scale: Sequence[float], *,
-                 jpeg: bool | None = None, ratios: Sequence[int] = RATIOS) -> tf.Tensor:
+                 jpeg: bool | None = None, ratios: Sequence[int] = RATIOS,
+                 small: CropGroup | None = None) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
   """One random-resized crop (area fraction in `scale`) per row of `seeds`: [V, size, size, 3].
 
   The image is decoded once for all crops; a JPEG only within the box that holds them all,
-  and at 1/2, 1/4 or 1/8 scale (those of `ratios`) where every crop keeps at least size x
-  size pixels there. `jpeg`: whether every image is a JPEG (True), none is (False), or each is
-  tested (None). Bilinear resizing without antialiasing, as SimCLR's and big_vision's
-  Inception crops: most crops are enlarged, and antialiasing the others would cost half the
-  host's throughput.
+  and at 1/2, 1/4 or 1/8 scale (those of `ratios`) where every crop keeps at least its side
+  in pixels there. `jpeg`: whether every image is a JPEG (True), none is (False), or each is
+  tested (None). `small`: multi-crop's small crops (seeds, side, scale), from the same decode;
+  then (crops, small crops). Bilinear resizing without antialiasing, as SimCLR's and
+  big_vision's Inception crops: most crops are enlarged, and antialiasing the others would
+  cost half the host's throughput.
   """
+  groups = [(seeds, size, scale)] + ([small] if small is not None else [])
   image, top_left, bottom_right = _by_format(
-      encoded, jpeg, lambda: _jpeg_window(encoded, seeds, size, scale, ratios),
-      lambda: _image_window(encoded, seeds, scale))
+      encoded, jpeg, lambda: _jpeg_window(encoded, groups, ratios),
+      lambda: _image_window(encoded, groups))
   # ResizeBilinear interpolates float32 faster than uint8, even counting the cast (measured:
   # 0.48 ms against 0.78 for two 224-px views).
-  crops = [tf.image.resize(tf.cast(image[top_left[v, 0]:bottom_right[v, 0],
-                                         top_left[v, 1]:bottom_right[v, 1]], tf.float32),
-                           [size, size]) for v in range(seeds.shape[0])]
-  return _to_uint8(tf.stack(crops))
+  out, v = [], 0
+  for group_seeds, side, _ in groups:
+    crops = []
+    for _ in range(group_seeds.shape[0]):
+      box = image[top_left[v, 0]:bottom_right[v, 0], top_left[v, 1]:bottom_right[v, 1]]
+      crops.append(tf.image.resize(tf.cast(box, tf.float32), [side, side]))
+      v += 1
+    out.append(_to_uint8(tf.stack(crops)))
+  return out[0] if small is None else tuple(out)
 
 
 def eval_image(encoded: tf.Tensor, size: int, host_resize: bool, *, jpeg: bool | None = None,
@@ -291,18 +313,26 @@ class TfDataSource(Source):
     return image if self._orientation is None else orient(image, self._orientation(key))
 
   def _train_example(self, index, key, label, epoch_seed):
-    c, views = self._config, self._crops.views
-    if c.host_resize:
-      # Crop v of this host's example `index` has its own stateless seed (one view: as before).
-      example = index * jax.process_count() + jax.process_index()
-      seeds = tf.stack([tf.fill([views], epoch_seed),
-                        example * views + tf.range(views, dtype=tf.int64)], axis=1)
-      image = random_crops(self._load(key), seeds, c.image_size, self._crops.scale,
-                           **self._decoding)
-      image = image if views > 1 else image[0]
-    else:
+    c, crops = self._config, self._crops
+    if not c.host_resize:
       image = eval_image(self._load(key), c.image_size, False, **self._decoding)
-    return {"image": self._upright(image, key), "label": label, "index": index}
+      return {"image": self._upright(image, key), "label": label, "index": index}
+    # Crop v of this host's example `index` has its own stateless seed (one view: as before);
+    # small crop v has seed -(its number) - 1, so no two crops share one.
+    example = index * jax.process_count() + jax.process_index()
+    rows = lambda n: example * n + tf.range(n, dtype=tf.int64)
+    seeds = lambda n, second: tf.stack([tf.fill([n], epoch_seed), second], axis=1)
+    small = None
+    if crops.small_views:
+      m = crops.small_views
+      small = (seeds(m, -rows(m) - 1), crops.small_size, crops.small_scale)
+    image = random_crops(self._load(key), seeds(crops.views, rows(crops.views)), c.image_size,
+                         crops.scale, small=small, **self._decoding)
+    out = {"label": label, "index": index}
+    if small is not None:
+      image, out["small"] = image[0], self._upright(image[1], key)
+    out["image"] = self._upright(image if crops.views > 1 else image[0], key)
+    return out
 
   def _eval_example(self, key, label):
     image = eval_image(self._load(key), self._config.image_size, self._config.host_resize,
@@ -380,7 +410,8 @@ class TfDataSource(Source):
       # Positions in the epoch's order run on without gaps unless images were skipped.
       self._count_skipped(batch["index"][-1] + 1 - expected - hb)
       expected = batch["index"][-1] + 1
-      yield sharding.to_global({"image": batch["image"], "label": batch["label"]}, self._mesh)
+      yield sharding.to_global({k: batch[k] for k in ("image", "small", "label") if k in batch},
+                               self._mesh)
       step += 1
 
   def eval_batches(self, batch_size: int | None = None,

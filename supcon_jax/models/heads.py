@@ -95,7 +95,10 @@ class SupConModel(nn.Module):
 
 
 class CEModel(nn.Module):
-  """Encoder + linear classifier, the cross-entropy baseline: {"repr": r, "logits": float32}."""
+  """Encoder + linear classifier, the cross-entropy baseline: {"repr": r, "logits": float32}.
+
+  num_classes 0: the encoder alone, {"repr": r} (an imported encoder without its fc).
+  """
   depth: int
   num_classes: int
   width: float = 1.0
@@ -111,6 +114,8 @@ class CEModel(nn.Module):
   def __call__(self, x, train: bool) -> dict[str, jax.Array]:
     r = ResNet(self.depth, self.width, self.stem, self.zero_init_residual, self.dtype,
                name="encoder")(x, train)
+    if not self.num_classes:
+      return {"repr": r}
     return {"repr": r, "logits": LinearClassifier(self.num_classes, name="classifier")(r)}
 
 
