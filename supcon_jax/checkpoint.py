@@ -173,9 +173,15 @@ class Checkpointer:
 
   def _save_error(self, step: int, error: Exception) -> CheckpointError:
     good = self.steps()
-    # tensorstore buries the cause ("No space left on device") deep in a long message.
-    cause = re.search(r"([A-Z][\w ]+) \[os_error_code='(\d+)'\]", str(error))
-    reason = f"{cause[1]} (errno {cause[2]})" if cause else _short(error)
+    # tensorstore buries the cause ("No space left on device") deep in a long message, and
+    # may raise it from another error (an OSError's "[Errno 28]" in Python's own writes).
+    chain, e = [], error
+    while e is not None and len(chain) < 8:
+      chain.append(str(e))
+      e = e.__cause__ or e.__context__
+    code = re.search(r"os_error_code='?(\d+)|\[Errno (\d+)\]", " ".join(chain))
+    errno = code and int(code[1] or code[2])
+    reason = f"{os.strerror(errno)} (errno {errno})" if errno else _short(error)
     return CheckpointError(
         f"could not save checkpoint {step} in {self.directory}: {reason}; the newest "
         f"complete checkpoint is {good[-1] if good else 'none'} (make room, then rerun the "

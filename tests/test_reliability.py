@@ -419,3 +419,23 @@ def test_each_process_reads_only_its_share_of_a_folder(tmp_path, monkeypatch):
                      for b in batches for i in range(b["image"].shape[0]))
   values = [10 * i + 5 for i in range(len(files))]
   assert seen[0] == values[0::2] and seen[1] == values[1::2], seen
+
+
+def test_a_failed_save_names_the_operating_system_s_reason_wherever_it_lies(tmp_path):
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"), every_steps=10, keep=1, meta={})
+  buried = ValueError('OUT_OF_RANGE: Error writing "a0/0.0" in OCDBT database at local file '
+                      '"x": Failed to write 14648 bytes to file 11: File too large '
+                      "[os_error_code='27']")
+  try:
+    try:
+      raise OSError(28, "No space left on device")
+    except OSError as e:
+      raise ValueError("Error opening \"zarr\" driver: CANCELLED") from e
+  except ValueError as e:
+    chained = e
+  for error, reason in ((buried, "File too large (errno 27)"),
+                        (chained, "No space left on device (errno 28)"),
+                        (ValueError("no code at all"), "ValueError: no code at all")):
+    message = str(ckpt._save_error(3, error))
+    assert f"could not save checkpoint 3 in {tmp_path / 'ckpt'}: {reason};" in message, message
+  ckpt.close()

@@ -147,23 +147,25 @@ class _Clock:
     return self.now
 
 
-@pytest.mark.parametrize("batch_s,warned", [(1.0, True), (0.1, False)])
+@pytest.mark.parametrize("batch_s,key,warned", [(1.0, "image", True), (0.1, "image", False),
+                                                (1.0, "repr", False)])
 def test_the_time_spent_waiting_for_batches_is_measured_and_warned_of(
-    tmp_path, monkeypatch, caplog, batch_s, warned):
+    tmp_path, monkeypatch, caplog, batch_s, key, warned):
   # Batches take batch_s to arrive and steps 3 s: the loop waits batch_s / (batch_s + 3) of
-  # its time, in every logged row and over the run; an epoch above 10% gets one warning.
+  # its time, in every logged row and over the run; an epoch of images above 10% gets one
+  # warning (cached features, "repr", none: no input pipeline could help).
   from supcon_jax import checkpoint, metrics
   clock = _Clock(batch_s, step_s=3.0)
   monkeypatch.setattr(train, "time", clock)
   mesh = sharding.make_mesh(8)
   tx = optax.sgd(0.1)
-  step = train.make_step(lambda p, bs, batch, rng: (jnp.sum(p["w"] * batch["x"]), bs), tx, mesh)
+  step = train.make_step(lambda p, bs, batch, rng: (jnp.sum(p["w"] * batch[key]), bs), tx, mesh)
 
   def timed_step(*args):
     clock.now += clock.step_s
     return step(*args)
 
-  batch = sharding.to_global({"x": np.ones((8, 2), np.float32)}, mesh)
+  batch = sharding.to_global({key: np.ones((8, 2), np.float32)}, mesh)
 
   def batches(start):
     while True:
