@@ -12,10 +12,12 @@ from the state_dict's keys and shapes (torch_layout.py); DataParallel's `module.
 removed. The method, dataset and input size come from the reference's saved options when
 the checkpoint has them (`opt`), else SupCon; the normalisation defaults to the
 reference's CIFAR values for the CIFAR stem (CIFAR-100's for its CIFAR-100 runs) and to
-ImageNet's for the ImageNet stem. The flags override. DIR gets what `supcon_jax.export`
-writes (encoder.msgpack, model_card.json with the full config), so `load_encoder(DIR)`,
-`supcon-embed --workdir=DIR` and `--config.linear.encoder_workdir=DIR` take it; the card's
-"converted_from" says where the weights came from and what was inferred.
+ImageNet's for the ImageNet stem; a .pth that `supcon-export --format torch` wrote converts
+back with the input and method its model card beside it says. The flags override. DIR
+gets what `supcon_jax.export` writes (encoder.msgpack, model_card.json with the full
+config), so `load_encoder(DIR)`, `supcon-embed --workdir=DIR` and
+`--config.linear.encoder_workdir=DIR` take it; the card's "converted_from" says where the
+weights came from and what was inferred.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 
 import ml_collections
 
-from supcon_jax import checkpoint, export, torch_io, torch_layout, trained
+from supcon_jax import checkpoint, export, fileio, torch_io, torch_layout, trained
 from supcon_jax import config as config_lib
 from supcon_jax.checks import one_of
 
@@ -62,7 +64,10 @@ def convert(source: str, out: str, *, method: str | None = None, fc: str = "auto
     state_dict = {k: v for k, v in state_dict.items()
                   if not k.startswith((f"{found.layout.head}.", "fc."))}
   opt = _options(meta.get("opt"))
-  config = _config(found, opt, method=method, mean=mean, std=std, image_size=image_size)
+  beside = _card_beside(source)  # this project's torch export: its own input and method
+  config = _config(found, opt, method=method or beside.get("method"),
+                   mean=mean or beside.get("mean"), std=std or beside.get("std"),
+                   image_size=image_size or beside.get("image_size"))
   what = (f"ResNet-{config.model.depth} ({found.stem} stem, width {found.width:g}, "
           f"{found.head + ' head' if found.head else found.top}, {found.layout.name} layout)")
   variables = torch_layout.to_flax(state_dict, trained.abstract_variables(config),
@@ -85,6 +90,22 @@ def convert(source: str, out: str, *, method: str | None = None, fc: str = "auto
       "options": opt or None}
   export.write(out, variables, card)
   return trained.load_encoder(out)
+
+
+def _card_beside(source: str) -> dict[str, Any]:
+  """What the model card that `supcon-export --format torch` wrote beside `source` says of
+  the model's input and method ({} where there is none): a .pth of this project's converts
+  back with its own normalisation, not the reference's defaults."""
+  path = os.path.join(os.path.dirname(os.path.abspath(source)), export.MODEL_CARD)
+  if not os.path.exists(path):
+    return {}
+  card = fileio.read_json(path)
+  if card.get("format") != export.CARD_FORMAT or "torch" not in card:
+    return {}
+  given = card["input"]
+  return {"mean": tuple(given["mean"]), "std": tuple(given["std"]),
+          "image_size": given["image_size"],
+          "method": card["method"] if card["method"] in ("supcon", "simclr") else None}
 
 
 def _options(opt: Any) -> dict[str, Any]:

@@ -383,6 +383,10 @@ def test_torch_export_loads_strictly_and_imports_back_bitwise(tmp_path, capsys, 
   assert jax.tree.structure(back.variables) == jax.tree.structure(original.variables)
   for a, b in zip(jax.tree.leaves(back.variables), jax.tree.leaves(original.variables)):
     assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+  # The card beside the .pth gives back the input the model was trained on (the reference's
+  # defaults would give another std, and the ImageNet stem 224 px).
+  for field in ("mean", "std", "image_size"):
+    assert back.config.data[field] == original.config.data[field], field
 
 
 class Hook:
