@@ -301,9 +301,7 @@ def check_config(cfg: Any, name: str = "augment") -> None:
   one_of(f"{name}.policy", cfg.policy, POLICIES)
   if not isinstance(cfg.n_views, int) or cfg.n_views < 1:
     fail("n_views", cfg.n_views, "an integer >= 1")
-  lo_hi = tuple(cfg.crop_scale)
-  if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
-    fail("crop_scale", cfg.crop_scale, "(lo, hi) with 0 < lo <= hi <= 1")
+  check_scale(f"{name}.crop_scale", cfg.crop_scale)
   for field in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob"):
     if not 0 <= getattr(cfg, field) <= 1:
       fail(field, getattr(cfg, field), "a probability in [0, 1]")
@@ -319,11 +317,16 @@ def check_config(cfg: Any, name: str = "augment") -> None:
   if small:
     if cfg.policy == "none":
       fail("policy", cfg.policy, "a cropping policy with small_views (multi-crop)")
-    lo_hi = tuple(cfg.small_crop_scale)
-    if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
-      fail("small_crop_scale", cfg.small_crop_scale, "(lo, hi) with 0 < lo <= hi <= 1")
+    check_scale(f"{name}.small_crop_scale", cfg.small_crop_scale)
     if not isinstance(cfg.small_size, int) or cfg.small_size < 1:
       fail("small_size", cfg.small_size, "a side in pixels >= 1")
+
+
+def check_scale(name: str, value: Any) -> None:
+  """ValueError naming `name` unless `value` is a random-resized crop's area range (lo, hi)."""
+  lo_hi = tuple(value)
+  if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
+    raise ValueError(f"{name}={value!r}: expected (lo, hi) with 0 < lo <= hi <= 1")
 
 
 def normaliser(mean: Sequence[float],

@@ -42,10 +42,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
   augment.check_config(c.augment, "config.augment")
   one_of("config.linear.augment", c.linear.augment, linear_probe.POLICIES)
   one_of("config.finetune.augment", c.finetune.augment, linear_probe.POLICIES)
-  lo_hi = tuple(c.finetune.crop_scale)
-  if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
-    raise ValueError(f"config.finetune.crop_scale={c.finetune.crop_scale!r}: expected (lo, hi) "
-                     "with 0 < lo <= hi <= 1")
+  augment.check_scale("config.finetune.crop_scale", c.finetune.crop_scale)
   if not 0 <= c.finetune.label_smoothing < 1:
     raise ValueError(f"config.finetune.label_smoothing={c.finetune.label_smoothing!r} must be "
                      "in [0, 1)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import colorsys
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -186,6 +187,7 @@ def test_resized_crop_to_another_size_matches_numpy_bilinear():
   for box, size in [((3, 5, 10, 7), 6), ((0, 1, 16, 5), 12), ((2, 2, 4, 4), 9)]:
     got = A.resized_crop(x, *box, size=size)
     assert got.shape == (size, size, x.shape[-1])
+    # Pixels in [0, 1], two float32 interpolations against float64: errors ~1e-7.
     np.testing.assert_allclose(got, _np_resized_crop(x, *box, size=size), atol=1e-5)
 
 
@@ -199,6 +201,7 @@ def test_random_resized_crop_to_a_small_size_reads_a_box_of_its_scale():
     # A 4-row box (1/16 of the area) read at 6 rows: source rows top + (j + 0.5) 4/6 - 0.5
     # clamped to [top, top + 3], so rows top .. top + 3 exactly (at the image's size, 16
     # rows, the same box also spans 3).
+    # float32 ramp values i / 15 and their interpolation: errors ~1e-7, times 15 rows.
     np.testing.assert_allclose((y.max() - y.min()) * (n - 1), 3.0, atol=1e-4)
     np.testing.assert_allclose(y[1, 0, 0] - y[0, 0, 0], (1.5 * 4 / 6 - 0.5) / (n - 1),
                                atol=1e-6)  # row 1 reads 0.5 rows below row 0 (top, clamped)
@@ -714,6 +717,17 @@ def test_eval_transform_normalises():
 def test_bad_config_raises_naming_the_field(field, value):
   with pytest.raises(ValueError, match=field):
     A.make_train_augment(_config("simaugment", **{field: value}), mean=MEAN, std=STD)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("small_crop_scale", (0.2, 0.1), "augment.small_crop_scale=(0.2, 0.1): expected (lo, hi)"),
+    ("small_size", 0, "augment.small_size=0: expected a side in pixels >= 1"),
+    ("policy", "none", "augment.policy='none': expected a cropping policy with small_views")])
+def test_bad_multi_crop_fields_raise_naming_the_field(field, value, message):
+  cfg = _config("simaugment", small_views=2, small_size=8, small_crop_scale=(0.05, 0.14))
+  setattr(cfg, field, value)
+  with pytest.raises(ValueError, match=re.escape(message)):
+    A.check_config(cfg)
 
 
 def test_bad_mean_std_and_images_raise():

@@ -295,6 +295,8 @@ def test_bad_folders_name_the_culprit(tmp_path):
     ("loss.cross_entropy_weight", -1.0, "config.loss.cross_entropy_weight=-1.0 must be a "
                                         "finite weight >= 0"),
     ("data.label_noise", 1.5, "config.data.label_noise=1.5 must be a fraction"),
+    ("finetune.crop_scale", (0.5, 0.2), "config.finetune.crop_scale=(0.5, 0.2): expected (lo, "
+                                        "hi) with 0 < lo <= hi <= 1"),
     ("profile_steps", "5", "config.profile_steps='5': expected 'A,B'"),
     ("profile_steps", "5,2", "config.profile_steps='5,2': expected 'A,B'"),
 ])

@@ -261,6 +261,8 @@ def test_multi_crop_small_views_are_their_own_batch_of_crops_of_each_image():
   assert large.shape == (16, 8, 8, 3) and small.shape == (16, 4, 4, 3)
   blue = small[..., 2] * STD[2] + MEAN[2]  # back to pixels / 255
   want = np.repeat(np.arange(8) * 30 / 255, 2)[:, None, None]
+  # A constant channel stays constant under bilinear resampling; float32 normalising and
+  # undoing it round to ~1e-7.
   np.testing.assert_allclose(blue, np.broadcast_to(want, blue.shape), atol=1e-5)
   assert (_flipped_or_not(large, np.repeat(images, 2, axis=0)) == -1).all()  # cropped too
 
@@ -286,6 +288,8 @@ def test_multi_crop_contrasts_every_view_large_and_small(method):
   options = dict(temperature=0.1, variant="out", contrast_mode="all", denominator_mode="all",
                  positives_cap=5)
   want = ref_options(z, labels if method == "supcon" else None, **options)
+  # float32 against float64: a mean of 40 log-softmax terms of cosines / 0.1, each rounded
+  # to ~1e-6 relative.
   np.testing.assert_allclose(float(loss), want, rtol=1e-5)
   assert abs(want - ref_options(z[:, :2], labels if method == "supcon" else None,
                                 **options)) > 1e-2  # the small views matter
