@@ -2,13 +2,13 @@
 # The whole GPU acceptance in one command, for a fresh GPU machine that has only this working
 # tree and its carried folders. Results go to $OUT (default ./gpu_out).
 #
-#   benchmarks/gpu_acceptance.sh prepare          # beforehand, here: fetch the wheels, copy the data
+#   benchmarks/gpu_acceptance.sh prepare TARBALL  # beforehand, here: fetch the wheels, copy the data
 #   benchmarks/gpu_acceptance.sh speed            # the reference suite: speed.json, performance.md
 #   benchmarks/gpu_acceptance.sh cifar10 [METHOD] # the 10-minute CIFAR-10 recipe (supcon|simclr|ce)
 #   benchmarks/gpu_acceptance.sh all [METHOD]     # both: about 19 minutes, so two device calls
 #
 # `prepare` puts the clu and ml_collections wheels (Python 3.12, pure Python) into .whl/ and the
-# CIFAR-10 tarball into .data/carry/; carry both (device `carry: [".whl", ".data/carry"]`).
+# CIFAR-10 tarball TARBALL (class folders of JPEGs) into .data/carry/; carry both (device `carry: [".whl", ".data/carry"]`).
 # On the GPU machine the script installs what is missing from .whl/ into /tmp/site, unpacks
 # the tarball into /tmp/cifar10 and runs. With DATA_DIR set, that image folder is used instead.
 #
@@ -28,7 +28,6 @@ PYTHON="${PYTHON:-python3}"
 TINY="${TINY:-0}"
 SPEED_LIMIT_S="${SPEED_LIMIT_S:-540}"
 DATA_TAR="${DATA_TAR:-.data/carry/cifar10_train_jpg.tar.gz}"
-SHARED_TAR=../shared/data/cifar10_train_jpg.tar.gz
 WHEELS=(clu==0.0.12 ml_collections==1.1.0)
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
@@ -37,10 +36,12 @@ LOG="$OUT/acceptance.log"
 say() { echo "[gpu_acceptance] $*" | tee -a "$LOG"; }
 
 prepare() {
+  local tarball="${1:?usage: $0 prepare TARBALL (the CIFAR-10 training images, class folders of JPEGs, as a .tar.gz)}"
+  [[ -f "$tarball" ]] || { echo "prepare: $tarball is not a file" >&2; exit 2; }
   "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_17_x86_64 -d .whl "${WHEELS[@]}"
-  mkdir -p .data/carry
-  cp "$SHARED_TAR" .data/carry/
+  mkdir -p "$(dirname "$DATA_TAR")"
+  cp "$tarball" "$DATA_TAR"
   say "ready: .whl/ (${WHEELS[*]}) and $DATA_TAR; carry .whl and .data/carry"
 }
 
@@ -114,9 +115,9 @@ cifar10() {
 }
 
 case "$MODE" in
-  prepare) prepare ;;
+  prepare) prepare "${2:-}" ;;
   speed) install_missing; environment; speed ;;
   cifar10) install_missing; environment; cifar10 ;;
   all) install_missing; environment; speed; cifar10 ;;
-  *) echo "usage: $0 prepare|speed|cifar10 [METHOD]|all [METHOD]" >&2; exit 2 ;;
+  *) echo "usage: $0 prepare TARBALL|speed|cifar10 [METHOD]|all [METHOD]" >&2; exit 2 ;;
 esac

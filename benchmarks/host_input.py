@@ -16,6 +16,11 @@ work on the machine falls on both alike; the table gives each one's median over 
 --compare REF exports REF's `supcon_jax` (`git archive`), or takes a checkout's, and times it
 with this script.
 
+--floor adds a row that only reads each file and decodes the JPEG window holding its views'
+crop boxes (this checkout's sampler and decode, no resize, no batch handed to JAX): the cost
+no pipeline that decodes on the host with TensorFlow can go below, and so the largest gain
+over REF any change to the rest can bring.
+
 --make-folder writes 512 JPEGs in class folders first: "synthetic" 500x375 gradients with
 noise, "photos" copies of scikit-learn's two sample photographs (random 75-100% crops,
 flipped or not, resized to 500x375 or 400x300, quality 90), "small" 32x32 gradients with
@@ -38,6 +43,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this checkout
 FOLDERS = ("synthetic", "photos", "small")
+FLOOR = "decode floor"
 
 
 def _gradient(h: int, w: int, i: int, rng: np.random.Generator) -> np.ndarray:
@@ -78,22 +84,48 @@ def make_folder(root: str, kind: str = "synthetic", count: int = 512) -> None:
       image.save(os.path.join(root, f"c{c}", f"{i}.jpg"), quality=90)
 
 
+def _decode_floor(data_dir: str, *, image_size: int, views: int, batch: int):
+  """Batches of the decoded windows' heights: each file read and the window that holds its
+  views' crop boxes decoded, as the pipeline does before it resizes."""
+  from supcon_jax import data
+  from supcon_jax.data import folder, tfdata
+  tf = tfdata.tf
+  files, headers, _ = folder.read_headers(data.list_images(data_dir))
+  ratios = tfdata.usable_ratios(max(h.shorter_side for h in headers), image_size)
+
+  def window_height(index, path):
+    seeds = tf.stack([tf.zeros([views], tf.int64), index * views + tf.range(views, dtype=tf.int64)],
+                     axis=1)
+    image, _, _ = tfdata.jpeg_window(tf.io.read_file(path), [(seeds, image_size, (0.08, 1.0))],
+                                     ratios)
+    return tf.shape(image)[0]
+
+  paths = tf.data.Dataset.from_tensor_slices(list(files.paths))
+  ds = paths.repeat().enumerate().map(window_height, num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.batch(batch).prefetch(2).as_numpy_iterator()
+
+
 def time_pipeline(data_dir: str, *, image_size: int, views: int, batch: int,
-                  seconds: float) -> dict[str, float]:
+                  seconds: float, floor: bool = False) -> dict[str, float]:
   """samples/s and CPU ms per sample over the batches read in `seconds`, after 3 batches of
-  warm-up, in this process (its first `supcon_jax` on the path)."""
+  warm-up, in this process (its first `supcon_jax` on the path). floor: _decode_floor's
+  batches instead of the folder source's."""
   import resource
 
   import jax
 
   from supcon_jax import config as config_lib
   from supcon_jax import data, sharding
-  c = config_lib.base_config().data
-  c.source, c.train_dir, c.image_size, c.host_resize = "folder", data_dir, image_size, True
-  c.num_classes = len(data.list_images(data_dir).classes)
-  source = data.make_source(c, split="train", global_batch=batch, mesh=sharding.make_mesh(1),
-                            seed=0, crops=data.Crops(views, (0.08, 1.0)))
-  stream = source.train_batches(0)
+  if floor:
+    stream = _decode_floor(data_dir, image_size=image_size, views=views, batch=batch)
+  else:
+    c = config_lib.base_config().data
+    c.source, c.train_dir, c.image_size, c.host_resize = "folder", data_dir, image_size, True
+    c.num_classes = len(data.list_images(data_dir).classes)
+    source = data.make_source(c, split="train", global_batch=batch,
+                              mesh=sharding.make_mesh(1), seed=0,
+                              crops=data.Crops(views, (0.08, 1.0)))
+    stream = source.train_batches(0)
   for _ in range(3):
     jax.block_until_ready(next(stream))
   cpu = resource.getrusage(resource.RUSAGE_SELF)
@@ -108,11 +140,13 @@ def time_pipeline(data_dir: str, *, image_size: int, views: int, batch: int,
   return {"samples_per_s": samples / wall, "cpu_ms_per_sample": 1e3 * used / samples}
 
 
-def _run(code_root: str, args: argparse.Namespace, cores: int) -> dict[str, float]:
+def _run(code_root: str, args: argparse.Namespace, cores: int,
+         floor: bool = False) -> dict[str, float]:
   """time_pipeline in a fresh process importing `supcon_jax` from code_root, on `cores` CPUs."""
   command = [sys.executable, os.path.abspath(__file__), "--data-dir", args.data_dir,
              "--image-size", str(args.image_size), "--views", str(args.views), "--batch",
              str(args.batch), "--seconds", str(args.seconds), "--worker", str(cores)]
+  command += ["--floor"] if floor else []
   env = dict(os.environ, PYTHONPATH=code_root, TF_CPP_MIN_LOG_LEVEL="2")
   done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
   if done.returncode:
@@ -144,11 +178,11 @@ def _table(rows: dict[tuple[str, int], list[dict[str, float]]]) -> str:
     ms = statistics.median(r["cpu_ms_per_sample"] for r in runs)
     medians[key] = rate
     lines.append(f"| {name} | {cores} | {rate:,.0f} | {rate / cores:,.0f} | {ms:.2f} |")
-  names = list(dict.fromkeys(name for name, _ in rows))
-  if len(names) == 2:
+  names = [name for name in dict.fromkeys(name for name, _ in rows) if name != FLOOR]
+  for other in names[1:] + ([FLOOR] if (FLOOR, 1) in rows else []):
     for cores in sorted({c for _, c in rows}, reverse=True):
-      ratio = medians[(names[1], cores)] / medians[(names[0], cores)]
-      lines.append(f"| ratio {names[1]} / {names[0]} | {cores} | {ratio:.2f}x | | |")
+      ratio = medians[(other, cores)] / medians[(names[0], cores)]
+      lines.append(f"| ratio {other} / {names[0]} | {cores} | {ratio:.2f}x | | |")
   return "\n".join(lines)
 
 
@@ -164,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--seconds", type=float, default=4.0, help="timed per run, after warm-up")
   p.add_argument("--rounds", type=int, default=3, help="alternating timings of each pipeline")
   p.add_argument("--compare", metavar="REF", help="a git ref or checkout to time beside this one")
+  p.add_argument("--floor", action="store_true",
+                 help="also time reading and decoding alone (see above)")
   p.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # internal: time, on N CPUs
   args = p.parse_args(argv)
   if args.rounds < 1 or args.seconds <= 0 or args.batch < 1 or args.views < 1:
@@ -173,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
       os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     print(json.dumps(time_pipeline(args.data_dir, image_size=args.image_size,
                                    views=args.views, batch=args.batch,
-                                   seconds=args.seconds)))
+                                   seconds=args.seconds, floor=args.floor)))
     return
   if args.make_folder:
     make_folder(args.data_dir, args.make_folder)
@@ -184,11 +220,12 @@ def main(argv: list[str] | None = None) -> None:
     roots = {"this checkout": HERE}
     if args.compare:
       roots = {args.compare: _export(args.compare, tmp), **roots}
+    names = list(roots) + ([FLOOR] if args.floor else [])
     rows: dict[tuple[str, int], list[dict[str, float]]] = {
-        (name, cores): [] for name in roots for cores in sorted({all_cores, 1}, reverse=True)}
+        (name, cores): [] for name in names for cores in sorted({all_cores, 1}, reverse=True)}
     for _ in range(args.rounds):
       for name, cores in rows:
-        rows[(name, cores)].append(_run(roots[name], args, cores))
+        rows[(name, cores)].append(_run(roots.get(name, HERE), args, cores, name == FLOOR))
   print(f"{args.views} view(s) of {args.image_size} px, batch {args.batch}, {args.seconds:g} s "
         f"timed per run, median of {args.rounds} alternating rounds, {args.data_dir}")
   print(_table(rows))
