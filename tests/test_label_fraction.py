@@ -212,6 +212,40 @@ def test_tfds_subset_streamed_in_memory_and_listed_by_id(tmp_path, mesh):
       make_source(c, split="train", global_batch=8, mesh=mesh, seed=0, labelled_only=True)
 
 
+def test_tfds_subset_of_some_classes_reads_the_split_once_before_training(mesh, monkeypatch):
+  """With data.classes the split's size is unknown until it is read: the pass that lists the
+  labels for the subset also counts the hosts' shares, so ImageNet-100 at 1% of its labels
+  reads ImageNet's records once before training, not twice. The subset is the rule's, taken
+  among the kept classes relabelled in data.classes' order."""
+  import tensorflow_datasets as tfds
+
+  with tfds.testing.mock_data(num_examples=60):
+    records = list(tfds.as_numpy(tfds.load("cifar10", split="train")))
+    all_names = tfds.builder("cifar10").info.features["label"].names
+    names = (all_names[3], all_names[0], all_names[8])  # out of the label order
+    c = _data(source="tfds", name="cifar10", image_size=32, shuffle_buffer=64,
+              classes=names, num_classes=3, label_fraction=0.5)
+    kept = [i for i, ex in enumerate(records) if all_names[ex["label"]] in names]
+    relabelled = [names.index(all_names[records[i]["label"]]) for i in kept]
+    reads = []
+    as_dataset = tfds.core.DatasetBuilder.as_dataset
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "as_dataset",
+                        lambda self, *a, **k: reads.append(k.get("split")) or
+                        as_dataset(self, *a, **k))
+    source = make_source(c, split="train", global_batch=8, mesh=mesh, seed=0,
+                         labelled_only=True)
+    assert len(reads) == 2, reads  # the listing, then the stream the source trains on
+    want = _expected(relabelled, 0.5, 0, 3)
+    assert source.labelled.indices.tolist() == want
+    stream = source.train_batches()
+    seen = {}
+    for _ in range(4 * source.steps_per_epoch):  # four epochs: all of it, nothing else
+      b = next(stream)
+      seen.update((x.tobytes(), int(y)) for x, y in zip(np.asarray(b["image"]),
+                                                         np.asarray(b["label"])))
+    assert seen == {records[kept[i]]["image"].tobytes(): relabelled[i] for i in want}
+
+
 # ---------------------------------------------------------------------- the config
 
 @pytest.mark.parametrize("fields,message", [

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -149,10 +150,19 @@ def make_arrays_source(data_config, *, split: str, global_batch: int,
   logging.info("digits %s: %d images of %s", split, len(images), images.shape[1:])
   subset = labelled.choose(data_config, labels=labels, seed=seed,
                            what="digits") if labelled_only else None
+  return split_source(images, labels, data_config, subset, split=split, num_classes=10,
+                      global_batch=global_batch, mesh=mesh, seed=seed)
+
+
+def split_source(images: np.ndarray, labels: np.ndarray, data_config,
+                 subset: labelled.LabelSubset | None, *, split: str, seed: int,
+                 **kwargs: Any) -> ArraySource:
+  """The ArraySource of a whole split in memory (kwargs: ArraySource's): its training labels
+  noisy (data.label_noise, drawn over the whole split) and, with `subset`, its labelled
+  examples alone."""
   labels = noisy_labels(labels, data_config, split=split, seed=seed)
   if subset is not None:
     images, labels = images[subset.indices], labels[subset.indices]
-  source = ArraySource(images, labels, num_classes=10, global_batch=global_batch, mesh=mesh,
-                       seed=seed)
+  source = ArraySource(images, labels, seed=seed, **kwargs)
   source.labelled = subset
   return source

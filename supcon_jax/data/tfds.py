@@ -14,8 +14,8 @@ import jax
 import numpy as np
 
 from supcon_jax.data import labelled
-from supcon_jax.data.arrays import ArraySource
-from supcon_jax.data.base import Crops, Source, check_num_classes, noisy_labels, noisy_offsets
+from supcon_jax.data.arrays import split_source
+from supcon_jax.data.base import Crops, Source, check_num_classes, noisy_offsets
 
 
 def make_tfds_source(data_config, *, split: str, global_batch: int,
@@ -62,26 +62,25 @@ def make_tfds_source(data_config, *, split: str, global_batch: int,
     ones = ds.map(lambda image, y: tf.ones([], tf.int64))
     return int(ones.reduce(tf.constant(0, tf.int64), lambda n, one: n + one))
 
-  subset = None
+  host_splits = tfds.even_splits(split_name, n=jax.process_count())
+  subset, host_counts = None, None
   if labelled_only:  # chosen on the dataset's labels, in the records' order
     name = next((f for f in labelled.NAME_FEATURES if f in features), None)
-    labels, names = _listing(records(split_name, name), bool(name))
-    subset = labelled.choose(data_config, labels=labels, names=names, seed=seed,
-                             what=f"TFDS {data_config.name}")
+    # Listed share by share (contiguous, in order): the same pass counts each host's records.
+    listings = [_listing(records(s, name), bool(name)) for s in host_splits]
+    host_counts = [len(labels) for labels, _ in listings]
+    subset = labelled.choose(data_config, labels=np.concatenate([y for y, _ in listings]),
+                             names=[n for _, names in listings for n in names] if name else None,
+                             seed=seed, what=f"TFDS {data_config.name}")
 
   if data_config.in_memory:
     images, labels = tfdata.decode_all(records(split_name), data_config.image_size,
                                        data_config.host_resize)
-    labels = noisy_labels(labels, data_config, split=split, seed=seed)
-    if subset is not None:
-      images, labels = images[subset.indices], labels[subset.indices]
-    source = ArraySource(images, labels, num_classes=num_classes, global_batch=global_batch,
-                         mesh=mesh, seed=seed)
-    source.labelled = subset
-    return source
+    return split_source(images, labels, data_config, subset, split=split,
+                        num_classes=num_classes, global_batch=global_batch, mesh=mesh,
+                        seed=seed)
 
-  host_splits = tfds.even_splits(split_name, n=jax.process_count())
-  host_counts = [count(s) for s in host_splits]
+  host_counts = host_counts or [count(s) for s in host_splits]
   if min(host_counts) < 0:
     raise ValueError(f"TFDS {data_config.name} split {split_name!r} has no known size")
   own = records(host_splits[jax.process_index()])
@@ -92,9 +91,6 @@ def make_tfds_source(data_config, *, split: str, global_batch: int,
     own = own.enumerate().map(
         lambda i, rec: (rec[0], (rec[1] + tf.gather(offsets, i)) % num_classes))
   if subset is not None:  # after the noise, which is keyed by the position in the whole split
-    if sum(host_counts) != subset.total:
-      raise ValueError(f"TFDS {data_config.name} split {split_name!r}: its hosts' shares hold "
-                       f"{sum(host_counts)} records but its listing {subset.total}")
     own, host_counts = _keep(own, host_counts, subset.indices)
   image = features["image"]
   height, width = image.shape[:2]  # None where the images' sizes differ
