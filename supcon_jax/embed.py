@@ -30,7 +30,7 @@ import numpy as np
 
 from supcon_jax import checkpoint, plotting
 from supcon_jax.data import folder
-from supcon_jax.trained import TrainedModel, load_encoder
+from supcon_jax.trained import TrainedModel, load_encoder, pad_rows
 
 QUERIES = 6  # rows of the retrieval picture
 _THUMBNAIL = 96  # pixels: the picture shows the files themselves, shrunk
@@ -69,9 +69,8 @@ def embed_files(model: TrainedModel, paths: Sequence[str], *, batch_size: int = 
   parts = []
   for done, images in _read_batches(paths, model, batch_size):
     n = len(images)
-    if n < batch_size and len(paths) > batch_size:  # pad the last batch: no second compile
-      images = np.concatenate([images, np.zeros((batch_size - n,) + images.shape[1:],
-                                                images.dtype)])
+    if len(paths) > batch_size:  # the last batch padded too: no second compile
+      images = pad_rows(images, batch_size)
     parts.append(model.embed(images, batch_size=batch_size, projection=projection)[:n])
     if progress:
       _progress(done, len(paths))

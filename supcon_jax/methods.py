@@ -139,27 +139,24 @@ def _contrastive_loss(method: Method, config: Any, model: nn.Module, augment_vie
     return out, batch_stats
 
   def loss_fn(params, carried, batch, rng):
-    b, v = batch["image"].shape[0], method.views(config)
     labels = batch["label"] if method.uses_labels else None
+    view_labels = jnp.repeat(batch["label"], method.views(config) + small)
+    flat = lambda out: jax.tree.map(lambda y: y.reshape((-1,) + y.shape[2:]), out)
     if not config.moco.enabled:
       out, batch_stats = apply_all(params, carried, batch, rng)
       loss = losses.sharded_supcon_loss(out["proj"], labels, mesh, **loss_kwargs)
-      out = jax.tree.map(lambda y: y.reshape((-1,) + y.shape[2:]), out)
-      return weighted(loss, out, jnp.repeat(batch["label"], v + small)), batch_stats
-    views = augment.view_inputs(rng, batch["image"], v)
-    view_labels = jnp.repeat(batch["label"], v)
+      return weighted(loss, flat(out), view_labels), batch_stats
     batch_stats, state = carried
-    out, batch_stats = _apply(model, config, params, batch_stats, augment_views, views)
+    out, batch_stats = apply_all(params, batch_stats, batch, rng)
     key_params = momentum.follow(state["params"], params, config.moco.momentum)
-    # The same views (the same keys): augmenting again costs less than keeping them.
-    keys, key_stats = _apply(model, config, key_params, state["batch_stats"], augment_views,
-                             views)
+    # The same rng, so the same views (the keys): augmenting again costs less than keeping them.
+    keys, key_stats = apply_all(key_params, state["batch_stats"], batch, rng)
     loss = losses.sharded_supcon_loss(
-        out["proj"].reshape(b, v, -1), labels, mesh, extra=state["queue"],
+        out["proj"], labels, mesh, extra=state["queue"],
         extra_labels=None if labels is None else state["queue_labels"], **loss_kwargs)
     state = momentum.enqueue({**state, "params": key_params, "batch_stats": key_stats},
-                             keys["proj"], view_labels)
-    return weighted(loss, out, view_labels), (batch_stats, state)
+                             flat(keys)["proj"], view_labels)
+    return weighted(loss, flat(out), view_labels), (batch_stats, state)
 
   return loss_fn
 

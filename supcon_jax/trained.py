@@ -124,11 +124,7 @@ class TrainedModel:
     # Dispatch every batch before reading any back, so transfers overlap computing.
     outs = []
     for start in range(0, n, batch):
-      chunk = images[start:start + batch]
-      if len(chunk) < batch:
-        chunk = np.concatenate([chunk, np.zeros((batch - len(chunk),) + chunk.shape[1:],
-                                                chunk.dtype)])
-      outs.append(self.outputs(chunk, (output,))[output])
+      outs.append(self.outputs(pad_rows(images[start:start + batch], batch), (output,))[output])
     return np.concatenate([np.asarray(o) for o in outs])[:n]
 
   def output_dim(self, projection: bool = False) -> int:
@@ -151,6 +147,11 @@ class TrainedModel:
       raise ValueError(f"float images must be in [0, 1], got values in [{images.min():g}, "
                        f"{images.max():g}]; pass uint8 for [0, 255]")
     return images
+
+
+def pad_rows(x: np.ndarray, n: int) -> np.ndarray:
+  """`x` [m, ...] with zero rows after it up to n (m <= n): every batch one compiled shape."""
+  return np.concatenate([x, np.zeros((n - len(x),) + x.shape[1:], x.dtype)]) if len(x) < n else x
 
 
 def _program_key(config: ml_collections.ConfigDict) -> str:
