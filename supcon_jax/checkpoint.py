@@ -21,10 +21,12 @@ run, which saves that step again).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
 import re
+import resource
 from typing import Any
 
 import jax
@@ -180,8 +182,11 @@ class Checkpointer:
       chain.append(str(e))
       e = e.__cause__ or e.__context__
     code = re.search(r"os_error_code='?(\d+)|\[Errno (\d+)\]", " ".join(chain))
-    errno = code and int(code[1] or code[2])
-    reason = f"{os.strerror(errno)} (errno {errno})" if errno else _short(error)
+    if code:
+      number = int(code[1] or code[2])
+      reason = f"{os.strerror(number)} (errno {number})"
+    else:  # a secondary error, with the OS's reason lost: say what room the writes had
+      reason = f"{_short(error)}{_room(self.directory)}"
     return CheckpointError(
         f"could not save checkpoint {step} in {self.directory}: {reason}; the newest "
         f"complete checkpoint is {good[-1] if good else 'none'} (make room, then rerun the "
@@ -214,6 +219,24 @@ def _identity(meta: dict[str, Any]) -> dict[str, Any]:
 
 def _plain(value: Any) -> str:
   return value if isinstance(value, str) else json.dumps(value)
+
+
+def _room(directory: str) -> str:
+  """Why writes under `directory` may have failed, where an error named no OS reason: a file
+  size limit (ulimit -f) or a local disk with under 1 MiB free; "" if neither."""
+  soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+  if soft != resource.RLIM_INFINITY:
+    return (f" (most likely {os.strerror(errno.EFBIG)} (errno {errno.EFBIG}): this process "
+            f"may write files of {soft} bytes at most)")
+  try:
+    disk = os.statvfs(directory)
+  except OSError:  # not a local path (gs://...), or gone
+    return ""
+  free = disk.f_bavail * disk.f_frsize
+  if free >= 1 << 20:
+    return ""
+  return (f" (most likely {os.strerror(errno.ENOSPC)} (errno {errno.ENOSPC}): {free} bytes "
+          "are free there)")
 
 
 def _short(e: Exception) -> str:

@@ -9,10 +9,12 @@ import itertools
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import time
 from pathlib import Path
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -440,4 +442,19 @@ def test_a_failed_save_names_the_operating_system_s_reason_wherever_it_lies(tmp_
                         (ValueError("no code at all"), "ValueError: no code at all")):
     message = str(ckpt._save_error(3, error))
     assert f"could not save checkpoint 3 in {tmp_path / 'ckpt'}: {reason};" in message, message
+  # An error that lost the OS's reason: the room the writes had says what most likely failed.
+  lost = ValueError('Error opening "zarr" driver: Error reading ".zarray"')
+  limited = lambda which: (65536, resource.RLIM_INFINITY) if which == resource.RLIMIT_FSIZE \
+      else resource.getrlimit(which)
+  full = os.statvfs(tmp_path)
+  with mock.patch.object(checkpoint.resource, "getrlimit", limited):
+    message = str(ckpt._save_error(3, lost))
+  assert ('ValueError: Error opening "zarr" driver: Error reading ".zarray" (most likely File '
+          "too large (errno 27): this process may write files of 65536 bytes at most);") \
+      in message, message
+  nearly_full = mock.Mock(f_bavail=3, f_frsize=full.f_frsize)
+  with mock.patch.object(checkpoint.os, "statvfs", lambda path: nearly_full):
+    message = str(ckpt._save_error(3, lost))
+  assert (f"(most likely No space left on device (errno 28): {3 * full.f_frsize} bytes are "
+          "free there);") in message, message
   ckpt.close()
