@@ -1,8 +1,8 @@
 """The reference CIFAR-10 recipe (the SupContrast repository's README): ResNet-50, CIFAR stem.
 
-  python -m supcon_jax.main --config=configs/cifar10.py --workdir=/tmp/supcon_c10      # SupCon
-  python -m supcon_jax.main --config=configs/cifar10.py:simclr --workdir=/tmp/simclr_c10
-  python -m supcon_jax.main --config=configs/cifar10.py:ce --workdir=/tmp/ce_c10       # baseline
+  python -m supcon_jax.main --config=configs/cifar10.py --workdir=workdirs/supcon_c10  # SupCon
+  python -m supcon_jax.main --config=configs/cifar10.py:simclr --workdir=workdirs/simclr_c10
+  python -m supcon_jax.main --config=configs/cifar10.py:ce --workdir=workdirs/ce_c10  # baseline
 
 From TFDS by default; from an image folder (one sub-folder per class) with
   --config.data.source=folder --config.data.train_dir=DIR [--config.data.eval_dir=DIR]

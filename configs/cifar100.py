@@ -1,7 +1,7 @@
 """The reference CIFAR-100 recipe: as configs/cifar10.py, on 100 classes.
 
-  python -m supcon_jax.main --config=configs/cifar100.py --workdir=/tmp/supcon_c100
-  python -m supcon_jax.main --config=configs/cifar100.py:ce --workdir=/tmp/ce_c100
+  python -m supcon_jax.main --config=configs/cifar100.py --workdir=workdirs/supcon_c100
+  python -m supcon_jax.main --config=configs/cifar100.py:ce --workdir=workdirs/ce_c100
 
 Reference results: 76.5% (SupCon) vs 75.3% (CE) top-1.
 """

@@ -2,7 +2,7 @@
 evaluation in one process. `:ce` and `:simclr` run the two other methods under the
 same budget and data.
 
-  python -m supcon_jax.main --config=configs/cifar10_fast.py --workdir=/tmp/c10_fast \
+  python -m supcon_jax.main --config=configs/cifar10_fast.py --workdir=workdirs/c10_fast \
       --config.data.train_dir=.data/train
 
 Training images come from an image folder (one sub-folder per class). Without

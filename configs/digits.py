@@ -4,7 +4,7 @@ Real data that ships inside scikit-learn (1,797 8x8 images, no download), upsamp
 16x16 RGB, with a narrow ResNet-18. Both methods and the linear evaluation run on a 2-core
 CPU in a few minutes:
 
-  python -m supcon_jax.main --config=configs/digits.py --workdir=/tmp/digits
+  python -m supcon_jax.main --config=configs/digits.py --workdir=workdirs/digits
 """
 
 from supcon_jax import config as config_lib

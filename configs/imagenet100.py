@@ -1,9 +1,9 @@
 """ImageNet-100: SupCon on the 100-class ImageNet subset of CMC and solo-learn, one GPU.
 
-  python -m supcon_jax.main --config=configs/imagenet100.py --workdir=/tmp/in100_supcon \
+  python -m supcon_jax.main --config=configs/imagenet100.py --workdir=workdirs/in100_supcon \
       --config.data.data_dir=/data/tensorflow_datasets
   # or from an ImageNet folder (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG; other classes ignored):
-  python -m supcon_jax.main --config=configs/imagenet100.py --workdir=/tmp/in100_supcon \
+  python -m supcon_jax.main --config=configs/imagenet100.py --workdir=workdirs/in100_supcon \
       --config.data.source=folder --config.data.train_dir=/data/imagenet/train \
       --config.data.eval_dir=/data/imagenet/val
 

@@ -9,7 +9,7 @@ Kornblith et al. 2019's ("Do Better ImageNet Models Transfer Better?").
   python -m supcon_jax.main --config=configs/transfer.py:help ...  # lists the datasets
   python -m supcon_jax.report --transfer-suite supcon=W_transfer   # the Table-4 table
 
-W is a trained workdir of one method (e.g. /tmp/in_supcon/supcon) or a `supcon-export`
+W is a trained workdir of one method (e.g. workdirs/in_supcon/supcon) or a `supcon-export`
 directory; both stages rebuild its encoder from its own config.json, so the architecture,
 stem and input normalisation are W's and nothing here sets them. Both stages may run in
 one workdir: results.json keeps linear_top1 and finetune_top1 side by side.
