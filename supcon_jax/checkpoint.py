@@ -64,7 +64,7 @@ class Checkpointer:
   def __init__(self, directory: str, *, every_steps: int, keep: int, meta: dict[str, Any]):
     """meta["identity"]: {field: value} a restored checkpoint must agree with (on the keys
     both have: a checkpoint that recorded fewer fields is compared on those)."""
-    self.directory = str(directory)
+    self.directory = absolute(str(directory))
     self.every_steps = every_steps
     # JSON-normal (tuples become lists), so it compares equal to the meta a restore reads.
     self.meta = json.loads(json.dumps({**meta, "rng_scheme": rngs.RNG_SCHEME}))
@@ -202,6 +202,12 @@ class Checkpointer:
   def close(self) -> None:
     """Finishes pending saves and releases the manager."""
     self._manager.close()
+
+
+def absolute(path: str) -> str:
+  """`path` as orbax saves and restores it: absolute (a remote one, gs://..., already is);
+  relative, its saves fail after the first training steps."""
+  return path if "://" in path else os.path.abspath(path)
 
 
 def abstract(tree: Any) -> Any:

@@ -287,8 +287,7 @@ def abstract_variables(config: ml_collections.ConfigDict) -> Any:
 
 def _from_workdir(workdir: str, step: int | None) -> TrainedModel:
   config = read_config(os.path.join(workdir, CONFIG))
-  # orbax wants an absolute path (gs:// ones already are)
-  directory = os.path.join(workdir if "://" in workdir else os.path.abspath(workdir), CHECKPOINTS)
+  directory = os.path.join(checkpoint.absolute(workdir), CHECKPOINTS)
   target = abstract_variables(config)
   # Read-only: no temporary directory is cleaned up under a run that may still be saving.
   options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0,

@@ -198,6 +198,23 @@ def test_a_resume_that_changes_the_run_names_every_field_it_changes(tmp_path):
     ckpt.close()
 
 
+def test_a_relative_directory_saves_and_restores(tmp_path, monkeypatch):
+  # `--workdir=workdirs/run`, as the README's commands give it: orbax takes absolute paths only.
+  monkeypatch.chdir(tmp_path)
+  state = sharding.replicate({"w": np.arange(4.0, dtype=np.float32)}, sharding.make_mesh())
+  ckpt = checkpoint.Checkpointer(os.path.join("workdirs", "run"), every_steps=1, keep=3,
+                                 meta={})
+  ckpt.save(1, state)
+  ckpt.wait()
+  ckpt.close()
+  assert (tmp_path / "workdirs" / "run" / "1" / "state").is_dir()
+  ckpt = checkpoint.Checkpointer("workdirs/run", every_steps=1, keep=3, meta={})
+  step, restored = ckpt.restore_latest(checkpoint.abstract(state))
+  ckpt.close()
+  assert step == 1
+  np.testing.assert_array_equal(restored["w"], np.arange(4.0))
+
+
 def test_no_readable_checkpoint_is_an_error_naming_the_directory(tmp_path):
   mesh = sharding.make_mesh()
   state = sharding.replicate({"w": np.arange(4.0, dtype=np.float32)}, mesh)
