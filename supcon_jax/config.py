@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from typing import Any
 
 import ml_collections
 
@@ -271,7 +272,13 @@ def method_names(c: ml_collections.ConfigDict) -> list[str]:
 
 def load_config_file(path: str, arg: str = "") -> ml_collections.ConfigDict:
   """`get_config(arg)` of a config file: lets one recipe build on another (e.g. ce on supcon)."""
+  module = load_module(path)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def load_module(path: str) -> Any:
+  """The config file `path` as a module (its get_config and whatever else it defines)."""
   spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3] + "_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+  return module

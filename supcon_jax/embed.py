@@ -1,6 +1,6 @@
 """Embeds a folder of images with a trained model, and shows what its nearest neighbours are.
 
-  python -m supcon_jax.embed --workdir=/tmp/digits/supcon --images=DIR --out=emb.npz \
+  python -m supcon_jax.embed --workdir=workdirs/digits/supcon --images=DIR --out=emb.npz \
       [--neighbours=5] [--step=N] [--batch-size=256] [--projection]
 
 DIR holds either one sub-folder per class (torchvision's ImageFolder layout: the folder

@@ -17,7 +17,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from supcon_jax import checkpoint, losses, methods, train
-from supcon_jax.trained import TrainedModel
+from supcon_jax.trained import TrainedModel, pad_rows
 
 Classify = Callable[[dict[str, np.ndarray]], np.ndarray]  # encode()'s outputs -> logits
 
@@ -90,7 +90,7 @@ def knn_predictions(bank: Iterable[tuple[np.ndarray, np.ndarray]], query: np.nda
   against one query block, whatever the bank's size.
   """
   query_block_size = query_block_size or block_size
-  unit = _pad_rows(_unit(np.asarray(query, np.float32)), query_block_size)
+  unit = pad_rows(_unit(np.asarray(query, np.float32)), query_block_size)
   queries = jnp.asarray(unit.reshape(-1, query_block_size, unit.shape[-1]))
   # The k best so far of every query: similarity -inf (no neighbour yet) weighs exp(-inf) = 0.
   sims = jnp.full(queries.shape[:2] + (k,), -jnp.inf, jnp.float32)
@@ -99,19 +99,14 @@ def knn_predictions(bank: Iterable[tuple[np.ndarray, np.ndarray]], query: np.nda
   for feats, feat_labels in _row_blocks(bank, block_size):
     valid = np.arange(block_size) < len(feats)
     sims, labels = _merge_block(sims, labels, queries,
-                                jnp.asarray(_pad_rows(_unit(feats), block_size)),
-                                jnp.asarray(_pad_rows(feat_labels.astype(np.int32), block_size)),
+                                jnp.asarray(pad_rows(_unit(feats), block_size)),
+                                jnp.asarray(pad_rows(feat_labels.astype(np.int32), block_size)),
                                 jnp.asarray(valid))
     seen += len(feats)
   if not 1 <= k <= seen:
     raise ValueError(f"knn.full_k={k} needs 1 <= k <= the {seen} images of the memory bank")
   preds = np.asarray(_vote(sims, labels, jnp.float32(temperature), num_classes)).reshape(-1)
   return preds[:len(query)]
-
-
-def _pad_rows(x: np.ndarray, multiple: int) -> np.ndarray:
-  """`x` with zero rows appended up to a multiple of `multiple` rows."""
-  return np.pad(x, [(0, -len(x) % multiple)] + [(0, 0)] * (x.ndim - 1))
 
 
 def _row_blocks(parts: Iterable[tuple[np.ndarray, np.ndarray]], size: int

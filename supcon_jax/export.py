@@ -1,7 +1,7 @@
 """Exports a trained model as two plain files that need neither orbax nor the workdir.
 
-  python -m supcon_jax.export --workdir=/tmp/digits/supcon --out=/tmp/digits_encoder [--step=N]
-      [--format=msgpack|torch] [--overwrite]
+  python -m supcon_jax.export --workdir=workdirs/digits/supcon --out=workdirs/digits_encoder
+      [--step=N] [--format=msgpack|torch] [--overwrite]
 
 writes `<out>/encoder.msgpack` (flax.serialization's msgpack of {"params", "batch_stats"} of
 the whole model: encoder and projection head or classifier) and `<out>/model_card.json`: what

@@ -1,6 +1,6 @@
 """Where the recipes of `configs/` are: in a checkout, and in an installed package.
 
-  supcon-train --config=$(python -m supcon_jax.recipes digits) --workdir=/tmp/digits
+  supcon-train --config=$(python -m supcon_jax.recipes digits) --workdir=workdirs/digits
   python -m supcon_jax.recipes  # lists them
 
 The repository keeps them at `configs/`; a wheel ships the same files as

@@ -1,7 +1,7 @@
 """Comparing finished runs, and the README's generated demo tables.
 
-  python -m supcon_jax.report --run supcon=/tmp/c10_fast --run simclr=/tmp/c10_simclr \
-      --run ce=/tmp/c10_ce --out docs/cifar10_fast
+  python -m supcon_jax.report --run supcon=workdirs/c10_fast --run simclr=workdirs/c10_simclr \
+      --run ce=workdirs/c10_ce --out docs/cifar10_fast
 
 prints the results table and writes `<out>_curves.png` (validation top-1 against wall time:
 the kNN monitor, or the classifier's for methods that have one, with the final top-1 marked)
@@ -13,12 +13,12 @@ rewrites the README's demo table from `docs/results/digits.json` (the results.js
 `python -m supcon_jax.main --config=configs/digits.py --workdir=W`, copied from W), so the
 README's figures are a run's, never typed.
 
-  python -m supcon_jax.report --transfer-suite supcon=/runs/supcon_transfer \
-      --transfer-suite ce=/runs/ce_transfer
+  python -m supcon_jax.report --transfer-suite supcon=workdirs/supcon_transfer \
+      --transfer-suite ce=workdirs/ce_transfer
 
 prints the transfer suite's table, as the paper's Table 4: a column per dataset (in
 configs/transfer.py's order), and for each suite, a folder of transfer workdirs named as the
-recipe names the datasets (/runs/supcon_transfer/food101, ...), a row for the linear
+recipe names the datasets (workdirs/supcon_transfer/food101, ...), a row for the linear
 evaluation and one for fine-tuning where its runs have them. `--transfer food101=W1
 --transfer dtd=W2 [--encoder supcon]` names one suite's workdirs one by one instead.
 """
@@ -26,13 +26,13 @@ evaluation and one for fine-tuning where its runs have them. `--transfer food101
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 from typing import Any
 
 from etils import epath
 
+from supcon_jax import config as config_lib
 from supcon_jax import metrics, plotting, recipes, results
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout
@@ -95,10 +95,7 @@ def plot_embeddings(runs: dict[str, str], path: str) -> None:
 
 def transfer_datasets() -> tuple[str, ...]:
   """The transfer suite's datasets in the paper's column order (configs/transfer.py's ORDER)."""
-  spec = importlib.util.spec_from_file_location("transfer_recipe", recipes.path("transfer"))
-  recipe = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(recipe)
-  return tuple(recipe.ORDER)
+  return tuple(config_lib.load_module(recipes.path("transfer")).ORDER)
 
 
 def load_suite(directory: str) -> dict[str, dict[str, Any]]:

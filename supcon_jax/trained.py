@@ -1,7 +1,7 @@
 """A trained model, as the trainer's evaluations and users see it: `TrainedModel`, and
 `load_encoder(path)` that reads one from a workdir or an export.
 
-  model = load_encoder("/tmp/digits/supcon")  # the newest checkpoint (or step=N)
+  model = load_encoder("workdirs/digits/supcon")  # the newest checkpoint (or step=N)
   r = model.embed(images)  # float32 [N, feature_dim]
   z = model.embed(images, projection=True)  # float32 [N, proj_dim], unit norm
 
@@ -149,9 +149,10 @@ class TrainedModel:
     return images
 
 
-def pad_rows(x: np.ndarray, n: int) -> np.ndarray:
-  """`x` [m, ...] with zero rows after it up to n (m <= n): every batch one compiled shape."""
-  return np.concatenate([x, np.zeros((n - len(x),) + x.shape[1:], x.dtype)]) if len(x) < n else x
+def pad_rows(x: np.ndarray, multiple: int) -> np.ndarray:
+  """`x` with zero rows appended up to a multiple of `multiple` rows (a short last batch: up
+  to a whole one), so that every batch runs through one compiled shape."""
+  return np.pad(x, [(0, -len(x) % multiple)] + [(0, 0)] * (x.ndim - 1))
 
 
 def _program_key(config: ml_collections.ConfigDict) -> str:

@@ -114,7 +114,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
       raise ValueError("config.augment.small_views: multi-crop is not combined with the "
                        "momentum encoder (config.moco.enabled); its queue holds the "
                        "augment.n_views views")
-    if c.moco.enabled and not methods.METHODS[name].contrastive:
+    if c.moco.enabled and not method.contrastive:
       raise ValueError(f"config.moco.enabled: method {name} has no embeddings to queue; the "
                        "momentum encoder is for the contrastive methods")
   if c.moco.enabled:

@@ -7,7 +7,6 @@ tensorflow.org/datasets/catalog, and each run's results.json read back as plain 
 table's cells.
 """
 
-import importlib.util
 import json
 import os
 import re
@@ -34,14 +33,7 @@ CATALOG = {
 }
 
 
-def _recipe_module():
-  spec = importlib.util.spec_from_file_location("transfer_recipe", RECIPE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-RECIPE_MODULE = _recipe_module()
+RECIPE_MODULE = config_lib.load_module(RECIPE)
 DATASETS = RECIPE_MODULE.DATASETS
 
 

@@ -91,7 +91,8 @@ def list_images(root: str, only: Sequence[str] = ()) -> FileList:
   if not classes:
     raise ValueError(f"image folder {root} has no class sub-folders (expected root/<class>/*.jpg)")
   if only:
-    missing = [name for name in only if name not in set(classes)]
+    present = set(classes)
+    missing = [name for name in only if name not in present]
     if missing:
       raise ValueError(f"image folder {root} has no sub-folder for {len(missing)} of the "
                        f"{len(only)} classes of data.classes: {', '.join(missing[:5])}"
